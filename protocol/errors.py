@@ -1,0 +1,120 @@
+"""The one error hierarchy of dizzy.
+
+Every error a user can meet derives from ``DizzyError``; the CLI turns each into one
+line on stderr and an exit code (``exit_code``).  Protocol errors say whose fault it
+was, like h11: ``LocalProtocolError`` (we broke the rules) and ``RemoteProtocolError``
+(the peer did).
+"""
+
+from __future__ import annotations
+
+
+class DizzyError(Exception):
+    """Root of every error dizzy reports to a user."""
+
+    #: process exit status the CLI uses for this error
+    exit_code = 1
+    #: stable machine-readable name, carried over the control API
+    code = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class UsageError(DizzyError):
+    """The caller asked for something malformed (a bad ID, a bad path...)."""
+
+    exit_code = 2
+    code = "usage"
+
+
+class BadObjectId(UsageError):
+    code = "bad-object-id"
+
+
+class BadDeviceId(UsageError):
+    code = "bad-device-id"
+
+
+class NotFound(DizzyError):
+    """The object (or peer, folder...) is not known here."""
+
+    exit_code = 3
+    code = "not-found"
+
+
+class StorageError(DizzyError):
+    """The disk refused: no space, no permission, a missing directory."""
+
+    exit_code = 4
+    code = "storage"
+
+
+class DaemonNotRunning(DizzyError):
+    exit_code = 5
+    code = "daemon-not-running"
+
+
+class TimedOut(DizzyError):
+    exit_code = 6
+    code = "timeout"
+
+
+class CorruptData(DizzyError):
+    """Bytes did not match the hash that names them."""
+
+    exit_code = 7
+    code = "corrupt"
+
+
+class ProtocolError(DizzyError):
+    """Abstract: a message broke the protocol."""
+
+    code = "protocol"
+
+
+class LocalProtocolError(ProtocolError):
+    """We tried to send something the protocol forbids (a bug on our side)."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The other side sent something the protocol forbids."""
+
+
+class FrameTooLarge(RemoteProtocolError):
+    code = "frame-too-large"
+
+
+# Stable error codes -> classes, so an error raised in the daemon is re-raised in the
+# client as the same class.
+_BY_CODE: dict[str, type[DizzyError]] = {}
+
+
+def register(cls: type[DizzyError]) -> type[DizzyError]:
+    _BY_CODE[cls.code] = cls
+    return cls
+
+
+for _cls in (
+    DizzyError,
+    UsageError,
+    BadObjectId,
+    BadDeviceId,
+    NotFound,
+    StorageError,
+    DaemonNotRunning,
+    TimedOut,
+    CorruptData,
+    ProtocolError,
+    FrameTooLarge,
+):
+    register(_cls)
+
+
+def error_from_code(code: str, message: str) -> DizzyError:
+    """Rebuild an error received over the control API."""
+    return _BY_CODE.get(code, DizzyError)(message)

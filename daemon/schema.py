@@ -1,0 +1,33 @@
+"""The SQLite index's tables.  Each ``CREATE`` is idempotent; the list only grows."""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 1
+
+STATEMENTS: list[str] = [
+    # Objects in the local store: files (kind 'blob') and tree manifests ('tree').
+    """CREATE TABLE IF NOT EXISTS objects (
+        id TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('blob', 'tree')),
+        size INTEGER NOT NULL,
+        created REAL NOT NULL
+    )""",
+    # Chunk lists (outboards), computed lazily the first time they are needed.
+    """CREATE TABLE IF NOT EXISTS outboards (
+        object_id TEXT PRIMARY KEY,
+        data BLOB NOT NULL
+    )""",
+    # Devices we trust (paired), with the certificate we pin.
+    """CREATE TABLE IF NOT EXISTS peers (
+        device_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        cert_pem BLOB NOT NULL,
+        address TEXT,
+        last_seen REAL,
+        paired_at REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS settings (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+]

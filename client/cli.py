@@ -1,0 +1,210 @@
+"""The ``dizzy`` command line.
+
+Every failure is one line on stderr and a non-zero exit status (the error's
+``exit_code``); ``--debug`` adds the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from dizzy import __version__
+from dizzy.daemon.home import Home, resolve_home
+from dizzy.protocol.errors import DizzyError, UsageError
+from dizzy.protocol.ids import parse_object_id
+
+from ._client import Client
+from .progress import ProgressBar, human_bytes
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def parse_hostport(text: str, *, default_host: str | None = None) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        if default_host is None:
+            raise UsageError(f"expected HOST:PORT, got {text!r}")
+        host, port = default_host, text
+    host = host.strip("[]") or (default_host or "")
+    try:
+        number = int(port)
+    except ValueError:
+        raise UsageError(f"bad port in {text!r}") from None
+    if not 0 <= number <= 65535 or not host:
+        raise UsageError(f"expected HOST:PORT, got {text!r}")
+    return host, number
+
+
+def _client(args: argparse.Namespace) -> Client:
+    return Client(args.home)
+
+
+def cmd_daemon(args: argparse.Namespace) -> int:
+    import trio
+
+    from dizzy.daemon.context import DaemonConfig
+    from dizzy.daemon.serve import run_daemon
+
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    config = DaemonConfig(
+        home=Home(resolve_home(args.home)),
+        name=args.name,
+        listen=parse_hostport(args.listen, default_host="0.0.0.0") if args.listen else None,
+        static_peers=[parse_hostport(p) for p in args.peer],
+        mdns=not args.no_mdns,
+    )
+    trio.run(run_daemon, config)
+    return 0
+
+
+def cmd_id(args: argparse.Namespace) -> int:
+    from dizzy.daemon.identity import load_or_create_identity
+
+    home = Home(resolve_home(args.home))
+    home.create()
+    print(load_or_create_identity(home.root).device_id)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = _client(args).status()
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"device   {status['device_id']}")
+    print(f"name     {status['name']}")
+    print(f"home     {status['home']}")
+    print(f"daemon   pid {status['pid']}, up {status['uptime']:.0f} s, v{status['version']}")
+    print(f"objects  {status['objects']} ({human_bytes(status['object_bytes'])})")
+    for key in ("listen", "peers_online", "peers_paired"):
+        if key in status:
+            print(f"{key.replace('_', ' '):8} {status[key]}")
+    return 0
+
+
+def cmd_put(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"no such file or directory: {args.path}")
+    bar = ProgressBar("put")
+    try:
+        info = _client(args).put_info(path, progress=bar)
+    finally:
+        bar.finish()
+    for skipped in info.get("skipped", []):
+        print(f"dizzy: skipped special file {skipped}", file=sys.stderr)
+    print(info["id"])
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    object_id = parse_object_id(args.id)
+    dest = Path(args.output) if args.output else Path(object_id)
+    if not dest.absolute().parent.is_dir():
+        raise UsageError(f"output directory does not exist: {dest.absolute().parent}")
+    bar = ProgressBar("get")
+    try:
+        path = _client(args).get(object_id, dest, progress=bar)
+    finally:
+        bar.finish()
+    if not args.output:
+        print(path)
+    return 0
+
+
+def cmd_cat(args: argparse.Namespace) -> int:
+    object_id = parse_object_id(args.id)
+    out = sys.stdout.buffer
+    with _client(args).open(object_id) as stream:
+        while block := stream.read1(1024 * 1024):
+            out.write(block)
+    out.flush()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dizzy",
+        description="Peer-to-peer object sync: pair devices, share folders, fetch by hash.",
+    )
+    parser.add_argument("--home", help="state directory (default: $DIZZY_HOME or the user data dir)")
+    parser.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
+    parser.add_argument("--version", action="version", version=f"dizzy {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("daemon", help="run the daemon in the foreground")
+    p.add_argument("--listen", metavar="HOST:PORT", help="peer listening address")
+    p.add_argument("--peer", metavar="HOST:PORT", action="append", default=[],
+                   help="a peer to dial without discovery (repeatable)")
+    p.add_argument("--no-mdns", action="store_true", help="turn mDNS discovery off")
+    p.add_argument("--name", help="this device's human name (default: host name)")
+    p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("id", help="print this device's ID")
+    p.set_defaults(func=cmd_id)
+
+    p = sub.add_parser("status", help="show the daemon's status")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_status)
+
+    p = sub.add_parser("put", help="store a file or directory, print its ID")
+    p.add_argument("path")
+    p.set_defaults(func=cmd_put)
+
+    p = sub.add_parser("get", help="write an object to a path")
+    p.add_argument("id")
+    p.add_argument("-o", "--output", metavar="PATH", help="where to write (default: ./ID)")
+    p.set_defaults(func=cmd_get)
+
+    p = sub.add_parser("cat", help="write an object's bytes to stdout")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_cat)
+
+    for extend in _EXTENSIONS:
+        extend(sub)
+    return parser
+
+
+#: later layers (peers, folders) add their subcommands here
+_EXTENSIONS: list[Callable[[Any], None]] = []
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = int(args.func(args))
+    except DizzyError as exc:
+        if args.debug:
+            raise
+        print(f"dizzy: {exc.message}", file=sys.stderr)
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        print("dizzy: interrupted", file=sys.stderr)
+        code = 130
+    except BrokenPipeError:
+        # `dizzy cat ID | head`: the reader left; that is not an error of ours.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"dizzy: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
+              file=sys.stderr)
+        code = 1
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""What a running daemon is made of, handed to every control handler."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from .home import Home
+from .identity import Identity
+from .index import Index
+from .store import ObjectStore
+
+
+@dataclass
+class DaemonConfig:
+    home: Home
+    name: str | None = None
+    listen: tuple[str, int] | None = None
+    static_peers: list[tuple[str, int]] = field(default_factory=list)
+    mdns: bool = True
+
+
+@dataclass
+class DaemonContext:
+    config: DaemonConfig
+    identity: Identity
+    index: Index
+    store: ObjectStore
+    nursery: trio.Nursery
+    name: str
+    started: float = field(default_factory=time.time)
+    #: services added by later layers (peers, discovery...) keyed by name
+    services: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,150 @@
+"""The control socket: msgpack frames over a Unix socket, one request at a time.
+
+A malformed or oversized frame drops that client only.  A client that hangs up while
+its request runs (Ctrl-C on ``dizzy put``) cancels the request.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from dizzy.protocol.control import (
+    CONTROL_VERSION,
+    ErrorReply,
+    Reply,
+    Request,
+    parse_message,
+)
+from dizzy.protocol.errors import DizzyError, ProtocolError, UsageError
+from dizzy.protocol.framing import CONTROL_MAX_FRAME, EOF, NEED_DATA, FrameDecoder, encode_frame
+
+from .api import Call, ControlApi
+
+log = logging.getLogger("dizzy.control")
+
+#: receive buffer per read; requests are small
+RECEIVE_SIZE = 64 * 1024
+#: a client must send its request this soon after connecting (stops idle slot hogs)
+REQUEST_TIMEOUT = 60.0
+#: backlog of the listening socket
+BACKLOG = 64
+
+
+async def serve_control(
+    api: ControlApi,
+    path: Path,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    # The caller holds the home's daemon lock, so a socket file here is stale.
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    await sock.bind(str(path))
+    os.chmod(path, 0o600)
+    sock.listen(BACKLOG)
+    listener = trio.SocketListener(sock)
+    task_status.started()
+    try:
+        await trio.serve_listeners(lambda stream: _serve_client(api, stream), [listener])
+    finally:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+async def _serve_client(api: ControlApi, stream: trio.SocketStream) -> None:
+    decoder = FrameDecoder(CONTROL_MAX_FRAME)
+    send_lock = trio.Lock()
+
+    async def send(msg: Any) -> None:
+        async with send_lock:
+            try:
+                await stream.send_all(encode_frame(msg.to_wire()))
+            except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+                raise _ClientGone from exc
+
+    try:
+        while True:
+            frame = NEED_DATA
+            with trio.move_on_after(REQUEST_TIMEOUT):
+                while (frame := decoder.next_frame()) is NEED_DATA:
+                    decoder.receive_data(await stream.receive_some(RECEIVE_SIZE))
+            if frame is NEED_DATA:
+                log.info("control client idle too long; closing")
+                return
+            if frame is EOF:
+                return
+            msg = parse_message(frame)
+            if not isinstance(msg, Request):
+                raise ProtocolError(f"expected a request, got {type(msg).__name__}")
+            await _run_request(api, msg, stream, decoder, send)
+    except ProtocolError as exc:
+        log.warning("dropping control client: %s", exc)
+    except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        await stream.aclose()
+
+
+async def _run_request(
+    api: ControlApi,
+    request: Request,
+    stream: trio.SocketStream,
+    decoder: FrameDecoder,
+    send: Any,
+) -> None:
+    call = Call(request.method, request.params, send)
+    outcome: Reply | ErrorReply
+    hung_up = False
+
+    async def watch_hangup(scope: trio.CancelScope) -> None:
+        # Only one request at a time: anything the client sends now is either EOF
+        # (it went away) or a protocol violation; both end the request.
+        nonlocal hung_up
+        data = await stream.receive_some(RECEIVE_SIZE)
+        if data:
+            decoder.receive_data(data)
+        hung_up = True
+        call.cancel.set()
+        scope.cancel()
+
+    try:
+        if request.version != CONTROL_VERSION:
+            raise UsageError(
+                f"control protocol {request.version} not supported (daemon speaks "
+                f"{CONTROL_VERSION}); are the CLI and daemon the same version?"
+            )
+        handler = api.lookup(request.method)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch_hangup, nursery.cancel_scope)
+            result = await handler(call)
+            nursery.cancel_scope.cancel()
+        if hung_up:
+            raise _ClientGone
+        outcome = Reply(result)
+    except DizzyError as exc:
+        outcome = ErrorReply(exc.code, exc.message)
+    except (_ClientGone, trio.BrokenResourceError):
+        if decoder.buffered:
+            raise ProtocolError("client sent data while a request was running") from None
+        raise
+    except Exception as exc:
+        log.exception("control method %s failed", request.method)
+        outcome = ErrorReply("internal", f"internal error in {request.method}: {exc}")
+    if hung_up:
+        raise _ClientGone
+    await send(outcome)

@@ -1,0 +1,430 @@
+"""The local object store: one file per object under ``<home>/objects``.
+
+Every write goes to a temp file on the same file system, is fsynced, then renamed into
+place, so a killed ``put`` or ``get`` never leaves a half-written file under a final
+name.  An object's ID is computed from the *stored copy*, not the source, so an ID can
+never name bytes other than the ones kept.  All work here is blocking and runs in worker
+threads; ``ObjectStore`` methods prefixed ``sync_`` must not be called from trio.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import sqlite3
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Literal
+
+import blake3
+
+from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, StorageError, UsageError
+from dizzy.protocol.manifest import TreeEntry, TreeManifest
+
+from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
+from .home import Home
+from .index import Index
+from .progress import CancelFlag, ProgressCounter
+
+#: bytes per copy_file_range call: big enough that the syscall count is negligible,
+#: small enough that progress and cancellation stay responsive.
+COPY_SEGMENT = 64 * 1024 * 1024
+#: read/write fallback block where copy_file_range is unavailable (pipes, /proc...)
+FALLBACK_BLOCK = 4 * 1024 * 1024
+
+ObjectKind = Literal["blob", "tree"]
+
+
+class Cancelled(DizzyError):
+    code = "cancelled"
+
+
+@dataclass(frozen=True)
+class PutResult:
+    id: str
+    kind: ObjectKind
+    size: int
+    files: int
+    skipped: tuple[str, ...] = ()
+
+
+def _hash_file(path: Path, size: int) -> str:
+    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if size:
+        # update_mmap hashes without copying and spreads the tree over all cores.
+        hasher.update_mmap(str(path))
+    return hasher.hexdigest()
+
+
+def _copy_fd(src: int, dst: int, progress: ProgressCounter, cancel: CancelFlag) -> int:
+    """Copy src to dst (both at offset 0) in the kernel where it can; returns bytes."""
+    copied = 0
+    use_kernel = True
+    while True:
+        if cancel.is_set:
+            raise Cancelled("cancelled")
+        if use_kernel:
+            try:
+                n = os.copy_file_range(src, dst, COPY_SEGMENT)
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                    raise
+                use_kernel = False
+                continue
+        else:
+            block = os.read(src, FALLBACK_BLOCK)
+            n = len(block)
+            view = memoryview(block)
+            while view:
+                view = view[os.write(dst, view) :]
+        if n == 0:
+            return copied
+        copied += n
+        progress.done += n
+
+
+class ObjectStore:
+    def __init__(self, home: Home, index: Index) -> None:
+        self.home = home
+        self.index = index
+        # Two threads at once: hashing the copy while the kernel flushes it to disk.
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dizzy-store")
+        self._known_dirs: set[str] = set()
+        self._dir_lock = threading.Lock()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    # -- locating ------------------------------------------------------------------
+
+    def object_path(self, object_id: str) -> Path:
+        return self.home.objects / object_id[:2] / object_id
+
+    def sync_lookup(self, object_id: str) -> tuple[ObjectKind, int] | None:
+        """Kind and size of a stored object, or None.  Drops index rows whose file vanished."""
+
+        def q(conn: sqlite3.Connection) -> tuple[str, int] | None:
+            row = conn.execute(
+                "SELECT kind, size FROM objects WHERE id = ?", (object_id,)
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        row = self.index.call_sync(q)
+        if row is None:
+            return None
+        if not self.object_path(object_id).exists():
+            self.index.call_sync(
+                lambda c: c.execute("DELETE FROM objects WHERE id = ?", (object_id,))
+            )
+            return None
+        kind: ObjectKind = "tree" if row[0] == "tree" else "blob"
+        return kind, row[1]
+
+    def sync_require(self, object_id: str) -> tuple[ObjectKind, int]:
+        found = self.sync_lookup(object_id)
+        if found is None:
+            raise NotFound(f"object {object_id} is not in the local store")
+        return found
+
+    def sync_stats(self) -> tuple[int, int]:
+        """(object count, total bytes of blobs)."""
+        row = self.index.call_sync(
+            lambda c: c.execute(
+                "SELECT COUNT(*), COALESCE(SUM(CASE WHEN kind='blob' THEN size END), 0) "
+                "FROM objects"
+            ).fetchone()
+        )
+        return int(row[0]), int(row[1])
+
+    # -- writing -------------------------------------------------------------------
+
+    def _new_temp(self) -> tuple[Path, int]:
+        path = self.home.tmp / f"in-{secrets.token_hex(8)}.tmp"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        return path, fd
+
+    def _commit(self, tmp: Path, fd: int, size: int, kind: ObjectKind) -> str:
+        """Hash the temp copy (while fsyncing it), then rename it into the store."""
+        hashing = self._pool.submit(_hash_file, tmp, size)
+        syncing = self._pool.submit(os.fsync, fd)
+        object_id = hashing.result()
+        syncing.result()
+        os.close(fd)
+        final = self.object_path(object_id)
+        if final.exists():
+            # Same content already stored: keep one copy.
+            remove_quietly(tmp)
+        else:
+            self._ensure_dir(final.parent)
+            os.chmod(tmp, 0o444)  # stored objects are immutable
+            os.rename(tmp, final)
+            fsync_dir(final.parent)
+        now = time.time()
+        self.index.call_sync(
+            lambda c: c.execute(
+                "INSERT OR IGNORE INTO objects (id, kind, size, created) VALUES (?, ?, ?, ?)",
+                (object_id, kind, size, now),
+            )
+        )
+        return object_id
+
+    def _ensure_dir(self, path: Path) -> None:
+        with self._dir_lock:
+            if path.name in self._known_dirs:
+                return
+            path.mkdir(mode=0o700, exist_ok=True)
+            self._known_dirs.add(path.name)
+
+    def sync_put_bytes(self, data: bytes, kind: ObjectKind) -> str:
+        tmp, fd = self._new_temp()
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            return self._commit(tmp, fd, len(data), kind)
+        except OSError as exc:
+            _close_quietly(fd)
+            remove_quietly(tmp)
+            raise storage_error(exc, "writing to the object store") from exc
+        except BaseException:
+            _close_quietly(fd)
+            remove_quietly(tmp)
+            raise
+
+    def sync_put_file(
+        self, src: Path, progress: ProgressCounter, cancel: CancelFlag
+    ) -> tuple[str, int]:
+        try:
+            src_fd = os.open(src, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise storage_error(exc, f"opening {src}") from exc
+        try:
+            before = os.fstat(src_fd)
+            if not stat.S_ISREG(before.st_mode):
+                raise UsageError(f"not a regular file: {src}")
+            tmp, fd = self._new_temp()
+            try:
+                size = _copy_fd(src_fd, fd, progress, cancel)
+                after = os.fstat(src_fd)
+                if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+                    raise StorageError(f"{src} changed while being stored; nothing was stored")
+                return self._commit(tmp, fd, size, "blob"), size
+            except OSError as exc:
+                _close_quietly(fd)
+                remove_quietly(tmp)
+                raise storage_error(exc, f"storing {src}") from exc
+            except BaseException:
+                _close_quietly(fd)
+                remove_quietly(tmp)
+                raise
+        finally:
+            os.close(src_fd)
+
+    def sync_put(self, src: Path, progress: ProgressCounter, cancel: CancelFlag) -> PutResult:
+        try:
+            st = src.lstat()
+        except OSError as exc:
+            raise storage_error(exc, f"reading {src}") from exc
+        if stat.S_ISDIR(st.st_mode):
+            progress.total = _tree_bytes(src)
+            skipped: list[str] = []
+            counts = [0]
+            tree_id = self._put_tree(src, progress, cancel, skipped, counts)
+            return PutResult(tree_id, "tree", progress.total, counts[0], tuple(skipped))
+        if stat.S_ISREG(st.st_mode):
+            progress.total = st.st_size
+            object_id, size = self.sync_put_file(src, progress, cancel)
+            return PutResult(object_id, "blob", size, 1)
+        raise UsageError(f"not a regular file or directory: {src}")
+
+    def _put_tree(
+        self,
+        root: Path,
+        progress: ProgressCounter,
+        cancel: CancelFlag,
+        skipped: list[str],
+        counts: list[int],
+    ) -> str:
+        entries: list[TreeEntry] = []
+        total = 0
+        try:
+            listing = sorted(os.scandir(root), key=lambda e: e.name)
+        except OSError as exc:
+            raise storage_error(exc, f"listing {root}") from exc
+        for entry in listing:
+            name = entry.name
+            try:
+                name.encode("utf-8")
+            except UnicodeEncodeError:
+                raise UsageError(
+                    f"file name is not valid UTF-8: {os.fsencode(entry.path)!r}"
+                ) from None
+            st = entry.stat(follow_symlinks=False)
+            mode = stat.S_IMODE(st.st_mode)
+            if entry.is_symlink():
+                target = os.readlink(entry.path)
+                entries.append(TreeEntry(name, "link", mode, 0, target))
+            elif entry.is_dir(follow_symlinks=False):
+                before = progress.done
+                sub_id = self._put_tree(Path(entry.path), progress, cancel, skipped, counts)
+                sub_size = progress.done - before
+                entries.append(TreeEntry(name, "dir", mode, sub_size, sub_id))
+                total += sub_size
+            elif entry.is_file(follow_symlinks=False):
+                object_id, size = self.sync_put_file(Path(entry.path), progress, cancel)
+                entries.append(TreeEntry(name, "file", mode, size, object_id))
+                counts[0] += 1
+                total += size
+            else:
+                skipped.append(entry.path)  # sockets, fifos, devices: not content
+        manifest = TreeManifest(tuple(entries))
+        return self.sync_put_bytes(manifest.encode(), "tree")
+
+    # -- reading -------------------------------------------------------------------
+
+    def sync_read_tree(self, tree_id: str) -> TreeManifest:
+        kind, _ = self.sync_require(tree_id)
+        if kind != "tree":
+            raise UsageError(f"object {tree_id} is a file, not a directory tree")
+        data = self.object_path(tree_id).read_bytes()
+        if blake3.blake3(data).hexdigest() != tree_id:
+            raise CorruptData(f"stored tree {tree_id} is corrupt (hash mismatch)")
+        return TreeManifest.decode(data)
+
+    def sync_open_blob(self, object_id: str) -> BinaryIO:
+        kind, _ = self.sync_require(object_id)
+        if kind == "tree":
+            raise UsageError(
+                f"object {object_id} is a directory tree; use `dizzy get ID -o DIR`"
+            )
+        return open(self.object_path(object_id), "rb")  # noqa: SIM115 - caller closes
+
+    def iter_blob(self, object_id: str, block: int) -> Iterator[bytes]:
+        with self.sync_open_blob(object_id) as f:
+            while chunk := f.read(block):
+                yield chunk
+
+    # -- exporting -----------------------------------------------------------------
+
+    def sync_export(
+        self, object_id: str, dest: Path, progress: ProgressCounter, cancel: CancelFlag
+    ) -> Path:
+        kind, size = self.sync_require(object_id)
+        parent = dest.parent
+        if not parent.is_dir():
+            raise StorageError(f"output directory does not exist: {parent}")
+        if kind == "blob":
+            if dest.is_dir():
+                raise UsageError(f"output path is a directory: {dest}")
+            progress.total = size
+            self._export_blob(object_id, dest, 0o644 & ~_UMASK, progress, cancel)
+            return dest
+        if dest.exists() or dest.is_symlink():
+            raise UsageError(f"output path already exists: {dest}")
+        manifest = self.sync_read_tree(object_id)
+        progress.total = sum(e.size for e in manifest.entries if e.kind in ("file", "dir"))
+        tmp_dir = temp_name_beside(dest)
+        try:
+            self._export_tree(manifest, tmp_dir, 0o755, progress, cancel)
+            os.rename(tmp_dir, dest)
+            fsync_dir(parent)
+        except OSError as exc:
+            remove_quietly(tmp_dir)
+            raise storage_error(exc, f"writing {dest}") from exc
+        except BaseException:
+            remove_quietly(tmp_dir)
+            raise
+        return dest
+
+    def _export_blob(
+        self, object_id: str, dest: Path, mode: int, progress: ProgressCounter, cancel: CancelFlag
+    ) -> None:
+        tmp = temp_name_beside(dest)
+        src_fd = os.open(self.object_path(object_id), os.O_RDONLY | os.O_CLOEXEC)
+        fd = -1
+        try:
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            size = _copy_fd(src_fd, fd, progress, cancel)
+            # Verify what we wrote while it is flushed: bit rot in the store must not
+            # reach the user's file silently.
+            hashing = self._pool.submit(_hash_file, tmp, size)
+            syncing = self._pool.submit(os.fsync, fd)
+            got = hashing.result()
+            syncing.result()
+            if got != object_id:
+                raise CorruptData(
+                    f"stored object {object_id} is corrupt (its bytes hash to {got[:16]}...)"
+                )
+            os.fchmod(fd, mode)
+            os.close(fd)
+            fd = -1
+            os.rename(tmp, dest)
+            fsync_dir(dest.parent)
+        except OSError as exc:
+            remove_quietly(tmp)
+            raise storage_error(exc, f"writing {dest}") from exc
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+        finally:
+            os.close(src_fd)
+            if fd >= 0:
+                _close_quietly(fd)
+
+    def _export_tree(
+        self,
+        manifest: TreeManifest,
+        target: Path,
+        mode: int,
+        progress: ProgressCounter,
+        cancel: CancelFlag,
+    ) -> None:
+        # Writable while we fill it; its real mode is applied last (it may be 0555).
+        target.mkdir(mode=0o700)
+        for entry in manifest.entries:
+            path = target / entry.name  # names were validated by TreeManifest.decode
+            if entry.kind == "file":
+                self.sync_require(entry.ref)
+                self._export_blob(entry.ref, path, entry.mode, progress, cancel)
+            elif entry.kind == "dir":
+                self._export_tree(self.sync_read_tree(entry.ref), path, entry.mode, progress, cancel)
+            else:
+                os.symlink(entry.ref, path)
+        os.chmod(target, mode)
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(dirpath, name))
+            except OSError:
+                continue
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it: do it once, at import, before any
+    # worker thread could create a file under the temporary mask.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def _close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass

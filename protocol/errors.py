@@ -118,3 +118,12 @@ for _cls in (
 def error_from_code(code: str, message: str) -> DizzyError:
     """Rebuild an error received over the control API."""
     return _BY_CODE.get(code, DizzyError)(message)
+
+
+class UnsafePath(RemoteProtocolError):
+    """A peer sent a path that could escape its folder or that we cannot store."""
+
+    code = "unsafe-path"
+
+
+register(UnsafePath)

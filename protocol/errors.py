@@ -127,3 +127,55 @@ class UnsafePath(RemoteProtocolError):
 
 
 register(UnsafePath)
+
+
+class PairingError(DizzyError):
+    """Abstract: a pairing attempt failed; the subclass says why."""
+
+    code = "pairing"
+
+
+class WrongCode(PairingError):
+    """The two devices did not use the same code (a typo, or someone guessing)."""
+
+    code = "wrong-code"
+
+
+class CodeExpired(PairingError):
+    code = "code-expired"
+
+
+class CodeInUse(PairingError):
+    """Another device is already pairing with this code's nameplate."""
+
+    code = "code-in-use"
+
+
+class UnknownNameplate(PairingError):
+    """No pairing is waiting for this nameplate (expired, used up, or a typo)."""
+
+    code = "unknown-nameplate"
+
+
+class PairingAborted(PairingError):
+    """The other device gave up for a reason of its own (it sent an error)."""
+
+    code = "pairing-aborted"
+
+
+class MalformedCode(UsageError):
+    """The user typed something that is not a pairing code at all."""
+
+    code = "malformed-code"
+
+
+for _cls in (
+    PairingError,
+    WrongCode,
+    CodeExpired,
+    CodeInUse,
+    UnknownNameplate,
+    PairingAborted,
+    MalformedCode,
+):
+    register(_cls)

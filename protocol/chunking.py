@@ -16,6 +16,7 @@ the same masks, and stops at the first match).  So a chunk is final once either
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Final
 
 from pyfastcdc import FastCDC
@@ -73,6 +74,10 @@ class StreamChunker:
     rest.  The concatenated result equals ``chunk_spans`` of the whole stream.
     At most ``CHUNK_MAX`` bytes stay buffered between calls; a large block is cut in
     place and only its undecided tail is copied.
+
+    ``on_chunk``, if given, is called with the bytes of each final chunk, in order,
+    before ``feed``/``finish`` returns: a caller that hashes chunks needs no copy
+    of its own.  The view is only valid during the call; do not keep it.
     """
 
     # Class attributes so a test can subclass with tiny parameters and exercise
@@ -81,7 +86,8 @@ class StreamChunker:
     _min: int = CHUNK_MIN
     _max: int = CHUNK_MAX
 
-    def __init__(self) -> None:
+    def __init__(self, on_chunk: Callable[[memoryview], None] | None = None) -> None:
+        self._on_chunk = on_chunk
         # bytes of the stream from ``self._offset`` on that are not in a span yet;
         # they always begin at a chunk boundary
         self._carry = bytearray()
@@ -141,6 +147,7 @@ class StreamChunker:
         # Stepping the iterator by hand: each step scans up to ``_max`` bytes, so
         # we stop *before* a step whose answer could not be trusted.
         chunks = self._cutter.cut_buf(buf)
+        on_chunk = self._on_chunk
         while used < size:
             remaining = size - used
             if not final and remaining <= self._min:
@@ -150,6 +157,9 @@ class StreamChunker:
                 # no cut found before the end of what we have: more bytes could
                 # still move it, so keep these bytes for the next feed
                 break
+            if on_chunk is not None:
+                with memoryview(buf)[used : used + chunk.length] as data:
+                    on_chunk(data)
             spans.append((self._offset, chunk.length))
             self._offset += chunk.length
             used += chunk.length

@@ -11,6 +11,7 @@ from dizzy.protocol.control import (
     Data,
     ErrorReply,
     Message,
+    Notice,
     Progress,
     Reply,
     Request,
@@ -78,6 +79,7 @@ class ControlConnection:
         *,
         on_progress: ProgressCallback | None = None,
         on_data: Callable[[bytes], None] | None = None,
+        on_notice: Callable[[Notice], None] | None = None,
     ) -> Any:
         """Send one request and wait for its reply, passing progress and data on."""
         self.send_request(method, params or {})
@@ -90,6 +92,9 @@ class ControlConnection:
             if isinstance(msg, Progress):
                 if on_progress is not None:
                     on_progress(msg.done, msg.total, msg.what)
+            elif isinstance(msg, Notice):
+                if on_notice is not None:
+                    on_notice(msg)
             elif isinstance(msg, Data):
                 if on_data is None:
                     raise DizzyError("the daemon sent data nobody asked for")

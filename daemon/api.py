@@ -9,7 +9,7 @@ from typing import Any
 
 import trio
 
-from dizzy.protocol.control import Data, Progress
+from dizzy.protocol.control import Data, Notice, Progress
 from dizzy.protocol.errors import UsageError
 
 from .progress import CancelFlag, ProgressCounter
@@ -45,6 +45,9 @@ class Call:
 
     async def send_progress(self, done: int, total: int | None, what: str = "") -> None:
         await self._send(Progress(done, total, what))
+
+    async def send_notice(self, kind: str, value: Any = None) -> None:
+        await self._send(Notice(kind, value))
 
     async def send_data(self, block: bytes) -> None:
         await self._send(Data(block))

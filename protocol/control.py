@@ -2,7 +2,8 @@
 
 One connection carries one request at a time.  The client sends a ``Request``; the
 daemon answers with any number of ``Progress`` and ``Data`` messages and then exactly
-one ``Reply`` or ``ErrorReply``.  On the wire each message is a msgpack map with a
+one ``Reply`` or ``ErrorReply``; ``Notice`` messages carry
+anything the caller must see before the end (a pairing code).  On the wire each message is a msgpack map with a
 short type tag ``t``.  Parsing validates every field: a malformed message raises
 ``RemoteProtocolError`` and the receiver drops the connection.
 """
@@ -65,7 +66,18 @@ class Data:
         return {"t": "data", "b": self.block}
 
 
-Message = Request | Reply | ErrorReply | Progress | Data
+@dataclass(frozen=True)
+class Notice:
+    """Something the caller should see before the reply (e.g. a pairing code)."""
+
+    kind: str
+    value: Any = None
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"t": "note", "k": self.kind, "x": self.value}
+
+
+Message = Request | Reply | ErrorReply | Progress | Data | Notice
 
 
 def _field(msg: dict[Any, Any], key: str, kind: type | tuple[type, ...]) -> Any:
@@ -106,4 +118,6 @@ def parse_message(msg: Any) -> Message:
         return Progress(done=_field(msg, "d", int), total=total, what=what)
     if tag == "data":
         return Data(block=_field(msg, "b", bytes))
+    if tag == "note":
+        return Notice(kind=_field(msg, "k", str), value=msg.get("x"))
     raise RemoteProtocolError(f"unknown control message type {tag!r}")

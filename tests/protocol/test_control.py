@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from dizzy.protocol.control import (
     Data,
     ErrorReply,
+    Notice,
     Progress,
     Reply,
     Request,
@@ -33,6 +34,7 @@ from dizzy.protocol.errors import (
         Progress(5, 10, "put"),
         Progress(5, None),
         Data(b"\x00" * 10),
+        Notice("code", "42-a-b-c"),
     ],
 )
 def test_round_trip(msg: Any) -> None:
@@ -55,6 +57,7 @@ def test_round_trip(msg: Any) -> None:
         {"t": "prog", "d": "5"},
         {"t": "prog", "d": 5, "n": "x"},
         {"t": "data", "b": "text not bytes"},
+        {"t": "note", "x": 1},
     ],
 )
 def test_malformed(wire: Any) -> None:

@@ -61,7 +61,8 @@ def device_id_of_cert(cert_bytes: bytes) -> DeviceId:
 
 def _make_cert(key: Ed25519PrivateKey, now: datetime.datetime) -> bytes:
     device = DeviceId.from_public_key(raw_public_key(key.public_key()))
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dizzy {device}")])
+    # CN is at most 64 characters: the short ID; the key itself is the identity.
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"dizzy {device.short}")])
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)

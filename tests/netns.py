@@ -36,6 +36,7 @@ import re
 import shutil
 import signal
 import subprocess
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -166,9 +167,11 @@ class Host:
         """SIGTERM every process started with ``run``, SIGKILL what outlives ``grace``."""
         for proc in self.processes:
             _signal_group(proc, signal.SIGTERM)
+        # one deadline for all: they shut down in parallel
+        deadline = time.monotonic() + grace
         for proc in self.processes:
             try:
-                proc.wait(timeout=grace)
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _signal_group(proc, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):

@@ -43,7 +43,7 @@ EXIT_TIMEOUT = 8.0
 PORT = 22000
 
 DRIVER = r"""
-import json, os, signal, sys, time
+import json, logging, os, signal, sys, time
 import trio
 from dizzy.daemon.discovery import PeerGone, PeerSeen, open_discovery
 from dizzy.protocol.ids import DeviceId
@@ -51,6 +51,9 @@ from dizzy.protocol.ids import DeviceId
 def emit(**fields):
     fields["t"] = time.monotonic()
     print(json.dumps(fields), flush=True)
+
+logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
+logging.getLogger("dizzy.daemon.discovery").setLevel(logging.DEBUG)
 
 async def main():
     device_id = DeviceId(os.urandom(32))
@@ -105,8 +108,10 @@ import sys, time
 from zeroconf import ServiceInfo, Zeroconf
 zc = Zeroconf()
 for i, txt in enumerate([{"id": "NOT-A-DEVICE-ID", "v": "1"}, {"v": "x"}, {}]):
+    # cooperating_responders: skip probing, these names are unique on this LAN anyway
     zc.register_service(ServiceInfo("_dizzy._tcp.local.", f"bogus{i}._dizzy._tcp.local.",
-        port=1, properties=txt, server=f"bogus{i}.local.", parsed_addresses=[sys.argv[1]]))
+        port=1, properties=txt, server=f"bogus{i}.local.", parsed_addresses=[sys.argv[1]]),
+        cooperating_responders=True)
 print("registered", flush=True)
 time.sleep(20)
 """
@@ -132,8 +137,14 @@ class Driver:
         self.history: list[dict[str, Any]] = []
         self._pending: list[dict[str, Any]] = []
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()
+        self.ready: dict[str, Any] = {}
+        self.device_id = ""
+
+    def wait_ready(self) -> Driver:
+        """Wait until registered (probing done, first announcements sent)."""
         self.ready = self.expect(lambda e: e["ev"] == "ready", DISCOVERY_TIMEOUT)
-        self.device_id: str = self.ready["id"]
+        self.device_id = self.ready["id"]
+        return self
 
     def _read(self, stream: IO[str]) -> None:
         for line in stream:
@@ -189,7 +200,11 @@ def _no_leftover_namespaces() -> Iterator[None]:
 @pytest.mark.netns
 def test_three_hosts_see_each_other(tmp_path: Path) -> None:
     with netns_hosts(3) as hosts:
+        # all spawned at once, as on a LAN where machines boot independently
         drivers = [Driver(h, f"host{h.index}", tmp_path) for h in hosts]
+        for d in drivers:
+            d.wait_ready()
+            print(f"{d.name} registered {d.ready['t'] - d.started:.2f} s after spawn")
         for d in drivers:
             for other in drivers:
                 if other is d:
@@ -199,12 +214,8 @@ def test_three_hosts_see_each_other(tmp_path: Path) -> None:
                 assert event["version"] == 1
                 assert event["name"] == other.name
                 assert event["np"] is None
-                since_spawn = event["t"] - other.started
-                since_ready = event["t"] - max(d.ready["t"], other.ready["t"])
-                print(
-                    f"{d.name} saw {other.name}: {since_spawn:.2f} s after its spawn, "
-                    f"{since_ready:.2f} s after both were registered"
-                )
+                since_spawn = event["t"] - max(d.started, other.started)
+                print(f"{d.name} saw {other.name} {since_spawn:.2f} s after both were spawned")
         # nobody reports itself
         for d in drivers:
             assert all(e.get("id") != d.device_id for e in d.history if e["ev"] == "seen")
@@ -214,11 +225,14 @@ def test_three_hosts_see_each_other(tmp_path: Path) -> None:
 def test_nameplate_appears_and_clears(tmp_path: Path) -> None:
     with netns_hosts(2) as (host_a, host_b):
         a, b = Driver(host_a, "alice", tmp_path), Driver(host_b, "bob", tmp_path)
+        for d in (a, b):
+            d.wait_ready()
         b.seen(a, DISCOVERY_TIMEOUT, np=None)
+        asked = time.monotonic()
         a.send("np 42")
-        set_at = a.expect(lambda e: e["ev"] == "np_set", UPDATE_TIMEOUT)["t"]
         event = b.seen(a, UPDATE_TIMEOUT, np=42)
-        print(f"nameplate visible {event['t'] - set_at:.2f} s after set_nameplate returned")
+        print(f"nameplate visible {event['t'] - asked:.2f} s after set_nameplate was asked")
+        a.expect(lambda e: e["ev"] == "np_set" and e["np"] == 42, UPDATE_TIMEOUT)
         a.send("np -")
         a.expect(lambda e: e["ev"] == "np_set" and e["np"] is None, UPDATE_TIMEOUT)
         b.seen(a, UPDATE_TIMEOUT, np=None)
@@ -228,6 +242,8 @@ def test_nameplate_appears_and_clears(tmp_path: Path) -> None:
 def test_peer_gone_when_one_stops(tmp_path: Path) -> None:
     with netns_hosts(2) as (host_a, host_b):
         a, b = Driver(host_a, "alice", tmp_path), Driver(host_b, "bob", tmp_path)
+        for d in (a, b):
+            d.wait_ready()
         b.seen(a, DISCOVERY_TIMEOUT)
         quit_at = time.monotonic()
         a.send("quit")
@@ -236,7 +252,7 @@ def test_peer_gone_when_one_stops(tmp_path: Path) -> None:
         a.expect(lambda e: e["ev"] == "stopped", EXIT_TIMEOUT)
         assert a.proc.wait(timeout=EXIT_TIMEOUT) == 0
         # SIGTERM (how the harness stops daemons) also ends with goodbyes
-        c = Driver(host_a, "carol", tmp_path)
+        c = Driver(host_a, "carol", tmp_path).wait_ready()
         b.seen(c, DISCOVERY_TIMEOUT)
         c.proc.terminate()
         b.expect(lambda e: e["ev"] == "gone" and e["id"] == c.device_id, UPDATE_TIMEOUT)
@@ -253,15 +269,20 @@ def test_malformed_adverts_are_ignored(tmp_path: Path) -> None:
             text=True,
         )
         assert bad.stdout is not None and bad.stdout.readline().strip() == "registered"
-        b = Driver(host_b, "bob", tmp_path)
-        a = Driver(host_a, "alice", tmp_path)
+        b = Driver(host_b, "bob", tmp_path).wait_ready()
+        a = Driver(host_a, "alice", tmp_path).wait_ready()
         b.seen(a, DISCOVERY_TIMEOUT)
         # still alive and still processing events after meeting the bogus adverts
         a.send("np 7")
         b.seen(a, UPDATE_TIMEOUT, np=7)
         assert b.proc.poll() is None
         assert {e["id"] for e in b.history if e["ev"] == "seen"} == {a.device_id}
-        assert "Traceback" not in b.stderr_path.read_text()
+        # the bogus adverts did reach bob, and were dropped for the right reasons
+        log = b.stderr_path.read_text()
+        assert "Traceback" not in log
+        assert "ignoring 'bogus0._dizzy._tcp.local.': not a device ID" in log
+        assert "ignoring 'bogus1._dizzy._tcp.local.': TXT lacks id or v" in log
+        assert "ignoring 'bogus2._dizzy._tcp.local.': TXT lacks id or v" in log
 
 
 # --------------------------------------------------------------- pure helpers

@@ -26,6 +26,10 @@ The daemon's inviting side, per incoming connection::
     ... out = inviter.receive(msg, now=now) ...   # on DizzyError: send inviter.goodbye()
     then registry.burn(nameplate) if inviter.code_spent else registry.release(nameplate)
 
+The joiner is DONE once it sends ``done``; if the inviter then refuses that ack (only
+tampering can cause it) the joiner has paired and the inviter has not, and the next TLS
+handshake between them fails: the user sees the peer listed on one side only.
+
 Failures raise a ``DizzyError``: ``WrongCode`` (both sides), ``CodeExpired``,
 ``UnknownNameplate``, ``PairingAborted`` (the peer sent an error we have no class for),
 ``RemoteProtocolError`` (garbage), ``LocalProtocolError`` (our caller's bug).
@@ -301,6 +305,9 @@ class _PairingMachine:
         return outgoing
 
     def _receive(self, msg: object) -> list[Message]:
+        if self.state is State.DONE:
+            # The peer kept talking after the last message; our result stands.
+            raise RemoteProtocolError("unexpected pairing message after the pairing was done")
         if self.state in _TERMINAL:
             raise LocalProtocolError(f"pairing is over ({self.state.value})")
         try:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import difflib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Final
 
@@ -59,7 +59,8 @@ _EXAMPLE = "42-orbit-candle-marble"
 @dataclass(frozen=True)
 class PairingCode:
     nameplate: int
-    words: tuple[str, str, str]
+    # Hidden from repr: the words are the secret and reprs end up in logs and tracebacks.
+    words: tuple[str, str, str] = field(repr=False)
 
     def __post_init__(self) -> None:
         if not NAMEPLATE_MIN <= self.nameplate <= NAMEPLATE_MAX:
@@ -89,9 +90,13 @@ def generate(nameplate: int, random_bytes: bytes) -> PairingCode:
         raise LocalProtocolError(f"generate() needs {RANDOM_BYTES} random bytes")
     if not NAMEPLATE_MIN <= nameplate <= NAMEPLATE_MAX:
         raise LocalProtocolError(f"nameplate {nameplate} out of range")
-    bits = int.from_bytes(random_bytes[:RANDOM_BYTES], "big")
+    used = WORDS_PER_CODE * BITS_PER_WORD
+    # The first 33 bits of the bytes, first word from the most significant 11.
+    bits = int.from_bytes(random_bytes[:RANDOM_BYTES], "big") >> (8 * RANDOM_BYTES - used)
     mask = (1 << BITS_PER_WORD) - 1
-    w0, w1, w2 = (WORDS[(bits >> (BITS_PER_WORD * i)) & mask] for i in range(WORDS_PER_CODE))
+    w0, w1, w2 = (
+        WORDS[(bits >> (used - BITS_PER_WORD * (i + 1))) & mask] for i in range(WORDS_PER_CODE)
+    )
     return PairingCode(nameplate, (w0, w1, w2))
 
 

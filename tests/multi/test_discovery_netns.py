@@ -2,7 +2,7 @@
 
 Each host runs a small driver (``DRIVER`` below) that starts ``open_discovery`` with a
 fresh random device ID, prints every event as a JSON line and obeys commands on stdin
-(``np 42``, ``np -``, ``quit``).  The test reads those lines with bounded waits.
+(``np 42``, ``np -``, ``find 42``, ``quit``).  The test reads those lines with bounded waits.
 The pure helpers of the module (TXT parsing, the peer table) are tested at the end.
 """
 
@@ -86,7 +86,13 @@ async def run(device_id, port, name, sigs):
                             nursery.cancel_scope.cancel()
                             return
                 nursery.cancel_scope.cancel()
+            async def find(nameplate):
+                with trio.fail_after(10):
+                    peer = await disc.wait_nameplate(nameplate)
+                emit(ev="found", id=str(peer.device_id), addresses=peer.addresses)
             async def command(cmd):
+                if cmd[:1] == ["find"]:
+                    nursery.start_soon(find, int(cmd[1]))
                 if cmd[:1] == ["np"]:
                     await disc.set_nameplate(None if cmd[1] == "-" else int(cmd[1]))
                     emit(ev="np_set", np=disc.nameplate)
@@ -228,9 +234,12 @@ def test_nameplate_appears_and_clears(tmp_path: Path) -> None:
         for d in (a, b):
             d.wait_ready()
         b.seen(a, DISCOVERY_TIMEOUT, np=None)
+        b.send("find 42")  # how `dizzy pair CODE` finds the inviter
         asked = time.monotonic()
         a.send("np 42")
         event = b.seen(a, UPDATE_TIMEOUT, np=42)
+        found = b.expect(lambda e: e["ev"] == "found", UPDATE_TIMEOUT)
+        assert (found["id"], found["addresses"]) == (a.device_id, [[host_a.addr, PORT]])
         print(f"nameplate visible {event['t'] - asked:.2f} s after set_nameplate was asked")
         a.expect(lambda e: e["ev"] == "np_set" and e["np"] == 42, UPDATE_TIMEOUT)
         a.send("np -")

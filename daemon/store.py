@@ -10,6 +10,7 @@ threads; ``ObjectStore`` methods prefixed ``sync_`` must not be called from trio
 from __future__ import annotations
 
 import errno
+import mmap
 import os
 import secrets
 import sqlite3
@@ -17,10 +18,10 @@ import stat
 import threading
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import Any, BinaryIO, Literal
 
 import blake3
 
@@ -54,52 +55,41 @@ class PutResult:
     skipped: tuple[str, ...] = ()
 
 
-def _hash_file(path: Path, size: int) -> str:
-    hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-    if size:
-        # update_mmap hashes without copying and spreads the tree over all cores.
-        hasher.update_mmap(str(path))
-    return hasher.hexdigest()
+def _hash_window(hasher: Any, fd: int, offset: int, length: int) -> None:
+    # A window of the file we just wrote, mapped only while it is hashed: no copy into
+    # Python, and the daemon's resident memory stays at one segment, not the file.
+    with mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ) as window:
+        hasher.update(window)
 
 
-def _copy_fd(src: int, dst: int, progress: ProgressCounter, cancel: CancelFlag) -> int:
-    """Copy src to dst (both at offset 0) in the kernel where it can; returns bytes."""
-    copied = 0
-    use_kernel = True
-    while True:
-        if cancel.is_set:
-            raise Cancelled("cancelled")
-        if use_kernel:
-            try:
-                n = os.copy_file_range(src, dst, COPY_SEGMENT)
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                    raise
-                use_kernel = False
-                continue
-        else:
-            block = os.read(src, FALLBACK_BLOCK)
-            n = len(block)
-            view = memoryview(block)
-            while view:
-                view = view[os.write(dst, view) :]
-        if n == 0:
-            return copied
-        copied += n
-        progress.done += n
+def _copy_segment(src: int, dst: int, use_kernel: list[bool]) -> int:
+    """Append up to one segment of src to dst; 0 at end of file."""
+    if use_kernel[0]:
+        try:
+            return os.copy_file_range(src, dst, COPY_SEGMENT)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            use_kernel[0] = False  # e.g. across file systems on old kernels
+    block = os.read(src, FALLBACK_BLOCK)
+    view = memoryview(block)
+    while view:
+        view = view[os.write(dst, view) :]
+    return len(block)
 
 
 class ObjectStore:
     def __init__(self, home: Home, index: Index) -> None:
         self.home = home
         self.index = index
-        # Two threads at once: hashing the copy while the kernel flushes it to disk.
-        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dizzy-store")
+        # One hashing thread: BLAKE3 of segment k runs while the kernel copies k+1.
+        # (blake3 spreads one large update over all cores by itself.)
+        self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dizzy-hash")
         self._known_dirs: set[str] = set()
         self._dir_lock = threading.Lock()
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True)
+        self._hash_pool.shutdown(wait=True)
 
     # -- locating ------------------------------------------------------------------
 
@@ -149,12 +139,37 @@ class ObjectStore:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         return path, fd
 
-    def _commit(self, tmp: Path, fd: int, size: int, kind: ObjectKind) -> str:
-        """Hash the temp copy (while fsyncing it), then rename it into the store."""
-        hashing = self._pool.submit(_hash_file, tmp, size)
-        syncing = self._pool.submit(os.fsync, fd)
-        object_id = hashing.result()
-        syncing.result()
+    def _copy_and_hash(
+        self, src: int, dst: int, progress: ProgressCounter, cancel: CancelFlag
+    ) -> tuple[str, int]:
+        """Copy src into dst and hash what landed in dst, pipelined segment by segment.
+
+        The ID is computed from the written copy, so it always names the stored bytes.
+        """
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        use_kernel = [True]
+        offset = 0
+        pending: Future[None] | None = None
+        try:
+            while True:
+                if cancel.is_set:
+                    raise Cancelled("cancelled")
+                n = _copy_segment(src, dst, use_kernel)
+                if n == 0:
+                    break
+                if pending is not None:
+                    pending.result()
+                pending = self._hash_pool.submit(_hash_window, hasher, dst, offset, n)
+                offset += n
+                progress.done += n
+        finally:
+            if pending is not None:
+                pending.result()
+        return hasher.hexdigest(), offset
+
+    def _commit(self, tmp: Path, fd: int, object_id: str, size: int, kind: ObjectKind) -> str:
+        """fsync the temp copy and rename it into the store under its ID."""
+        os.fsync(fd)
         os.close(fd)
         final = self.object_path(object_id)
         if final.exists():
@@ -187,7 +202,8 @@ class ObjectStore:
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]
-            return self._commit(tmp, fd, len(data), kind)
+            object_id = blake3.blake3(data).hexdigest()
+            return self._commit(tmp, fd, object_id, len(data), kind)
         except OSError as exc:
             _close_quietly(fd)
             remove_quietly(tmp)
@@ -210,11 +226,11 @@ class ObjectStore:
                 raise UsageError(f"not a regular file: {src}")
             tmp, fd = self._new_temp()
             try:
-                size = _copy_fd(src_fd, fd, progress, cancel)
+                object_id, size = self._copy_and_hash(src_fd, fd, progress, cancel)
                 after = os.fstat(src_fd)
                 if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                     raise StorageError(f"{src} changed while being stored; nothing was stored")
-                return self._commit(tmp, fd, size, "blob"), size
+                return self._commit(tmp, fd, object_id, size, "blob"), size
             except OSError as exc:
                 _close_quietly(fd)
                 remove_quietly(tmp)
@@ -350,18 +366,15 @@ class ObjectStore:
         fd = -1
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            size = _copy_fd(src_fd, fd, progress, cancel)
-            # Verify what we wrote while it is flushed: bit rot in the store must not
-            # reach the user's file silently.
-            hashing = self._pool.submit(_hash_file, tmp, size)
-            syncing = self._pool.submit(os.fsync, fd)
-            got = hashing.result()
-            syncing.result()
+            # Verify what we wrote: bit rot in the store must not reach the user's
+            # file silently.
+            got, _size = self._copy_and_hash(src_fd, fd, progress, cancel)
             if got != object_id:
                 raise CorruptData(
                     f"stored object {object_id} is corrupt (its bytes hash to {got[:16]}...)"
                 )
             os.fchmod(fd, mode)
+            os.fsync(fd)
             os.close(fd)
             fd = -1
             os.rename(tmp, dest)

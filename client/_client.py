@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from dizzy.daemon.home import Home, resolve_home
-from dizzy.protocol.control import Data, ErrorReply, Reply
+from dizzy.protocol.control import Data, ErrorReply, Notice, Reply
 from dizzy.protocol.errors import DizzyError, error_from_code
 from dizzy.protocol.ids import parse_object_id
 
@@ -33,9 +34,10 @@ class Client:
         params: dict[str, Any] | None = None,
         *,
         progress: ProgressCallback | None = None,
+        notice: Callable[[Notice], None] | None = None,
     ) -> Any:
         with self._connect() as conn:
-            return conn.call(method, params, on_progress=progress)
+            return conn.call(method, params, on_progress=progress, on_notice=notice)
 
     def status(self) -> dict[str, Any]:
         result: dict[str, Any] = self.call("status")
@@ -63,6 +65,11 @@ class Client:
         oid = parse_object_id(object_id)
         result = self.call("get", {"id": oid, "dest": os.path.abspath(dest)}, progress=progress)
         return Path(result["path"])
+
+    def peers(self) -> list[dict[str, Any]]:
+        """Paired devices: ``id``, ``name``, ``online``, ``address``, ``last_seen``."""
+        info: dict[str, Any] = self.call("peers")
+        return list(info["paired"])
 
     def stat(self, object_id: str) -> dict[str, Any]:
         info: dict[str, Any] = self.call("stat", {"id": parse_object_id(object_id)})

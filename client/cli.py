@@ -133,6 +133,58 @@ def cmd_cat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pair(args: argparse.Namespace) -> int:
+    client = _client(args)
+    params: dict[str, Any] = {"timeout": args.timeout}
+    if args.code is None:
+        def show_code(notice: Any) -> None:
+            if notice.kind == "code":
+                # The code alone on the first line of stdout: scripts read it from there.
+                print(notice.value, flush=True)
+                if sys.stderr.isatty():
+                    print(f"On the other device run: dizzy pair {notice.value}",
+                          file=sys.stderr, flush=True)
+
+        result = client.call("pair_invite", params, notice=show_code)
+    else:
+        params["code"] = args.code
+        if args.address:
+            host, port = parse_hostport(args.address)
+            params["address"] = [host, port]
+        result = client.call("pair_join", params)
+    print(result["device_id"])
+    if sys.stderr.isatty():
+        print(f"paired with {result['name']}", file=sys.stderr)
+    return 0
+
+
+def cmd_peers(args: argparse.Namespace) -> int:
+    info = _client(args).call("peers")
+    if args.json:
+        print(json.dumps(info["paired"] if not args.all else info, indent=2, sort_keys=True))
+        return 0
+    if not info["paired"]:
+        print("no paired devices (pair one with `dizzy pair`)")
+    for peer in info["paired"]:
+        state = "online " if peer["online"] else "offline"
+        print(f"{state}  {peer['id']}  {peer['name']}  {peer['address'] or '-'}")
+    if info["nearby"]:
+        print("nearby, not paired:")
+        for seen in info["nearby"]:
+            flag = "  (offering a pairing code)" if seen["pairing"] else ""
+            print(f"         {seen['id']}  {seen['name'] or '-'}  "
+                  f"{', '.join(seen['addresses'])}{flag}")
+    return 0
+
+
+def cmd_unpair(args: argparse.Namespace) -> int:
+    from dizzy.protocol.ids import DeviceId
+
+    device = DeviceId.parse(args.device_id)
+    _client(args).call("unpair", {"id": str(device)})
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dizzy",
@@ -170,6 +222,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("cat", help="write an object's bytes to stdout")
     p.add_argument("id")
     p.set_defaults(func=cmd_cat)
+
+    p = sub.add_parser("pair", help="pair with another device using a one-time code")
+    p.add_argument("code", nargs="?", help="the code shown by `dizzy pair` on the other device")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds to wait (default: 600 to invite, 30 to join)")
+    p.add_argument("--address", metavar="HOST:PORT",
+                   help="the inviting daemon's listen address, where mDNS does not reach")
+    p.set_defaults(func=cmd_pair)
+
+    p = sub.add_parser("peers", help="list paired devices (and unpaired ones nearby)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON list of paired devices (with --all: {paired, nearby})")
+    p.add_argument("--all", action="store_true", help="with --json: include nearby devices")
+    p.set_defaults(func=cmd_peers)
+
+    p = sub.add_parser("unpair", help="stop trusting a device")
+    p.add_argument("device_id")
+    p.set_defaults(func=cmd_unpair)
 
     for extend in _EXTENSIONS:
         extend(sub)

@@ -12,6 +12,7 @@ import trio
 from dizzy.protocol.control import Data, Notice, Progress
 from dizzy.protocol.errors import UsageError
 
+from .nurseries import open_helper_nursery
 from .progress import CancelFlag, ProgressCounter
 
 log = logging.getLogger("dizzy.control")
@@ -31,7 +32,14 @@ class Call:
         self._send = send
         self.cancel = CancelFlag()
 
-    def param(self, name: str, kind: type, *, default: Any = ..., allow_none: bool = False) -> Any:
+    def param(
+        self,
+        name: str,
+        kind: type | tuple[type, ...],
+        *,
+        default: Any = ...,
+        allow_none: bool = False,
+    ) -> Any:
         if name not in self.params:
             if default is ...:
                 raise UsageError(f"{self.method}: missing parameter {name!r}")
@@ -40,7 +48,9 @@ class Call:
         if value is None and allow_none:
             return None
         if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-            raise UsageError(f"{self.method}: parameter {name!r} must be {kind.__name__}")
+            kinds = kind if isinstance(kind, tuple) else (kind,)
+            wanted = " or ".join(k.__name__ for k in kinds)
+            raise UsageError(f"{self.method}: parameter {name!r} must be {wanted}")
         return value
 
     async def send_progress(self, done: int, total: int | None, what: str = "") -> None:
@@ -64,7 +74,7 @@ class Call:
                     last = counter.done
                     await self.send_progress(counter.done, counter.total, counter.what)
 
-        async with trio.open_nursery() as nursery:
+        async with open_helper_nursery() as nursery:
             nursery.start_soon(report)
             try:
                 yield

@@ -108,43 +108,50 @@ async def _run_request(
     send: Any,
 ) -> None:
     call = Call(request.method, request.params, send)
-    outcome: Reply | ErrorReply
+    outcome: Reply | ErrorReply | None = None
     hung_up = False
 
     async def watch_hangup(scope: trio.CancelScope) -> None:
         # Only one request at a time: anything the client sends now is either EOF
         # (it went away) or a protocol violation; both end the request.
         nonlocal hung_up
-        data = await stream.receive_some(RECEIVE_SIZE)
+        try:
+            data = await stream.receive_some(RECEIVE_SIZE)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            data = b""
         if data:
             decoder.receive_data(data)
         hung_up = True
         call.cancel.set()
         scope.cancel()
 
-    try:
-        if request.version != CONTROL_VERSION:
-            raise UsageError(
-                f"control protocol {request.version} not supported (daemon speaks "
-                f"{CONTROL_VERSION}); are the CLI and daemon the same version?"
-            )
-        handler = api.lookup(request.method)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch_hangup, nursery.cancel_scope)
-            result = await handler(call)
-            nursery.cancel_scope.cancel()
-        if hung_up:
-            raise _ClientGone
-        outcome = Reply(result)
-    except DizzyError as exc:
-        outcome = ErrorReply(exc.code, exc.message)
-    except (_ClientGone, trio.BrokenResourceError):
-        if decoder.buffered:
-            raise ProtocolError("client sent data while a request was running") from None
-        raise
-    except Exception as exc:
-        log.exception("control method %s failed", request.method)
-        outcome = ErrorReply("internal", f"internal error in {request.method}: {exc}")
+    async def run_handler(scope: trio.CancelScope) -> None:
+        nonlocal outcome
+        try:
+            if request.version != CONTROL_VERSION:
+                raise UsageError(
+                    f"control protocol {request.version} not supported (daemon speaks "
+                    f"{CONTROL_VERSION}); are the CLI and daemon the same version?"
+                )
+            outcome = Reply(await api.lookup(request.method)(call))
+        except _ClientGone:
+            pass
+        except DizzyError as exc:
+            outcome = ErrorReply(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("control method %s failed", request.method)
+            outcome = ErrorReply("internal", f"internal error in {request.method}: {exc}")
+        finally:
+            scope.cancel()
+
+    # Both tasks catch their own errors, so nothing but cancellation leaves here.
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch_hangup, nursery.cancel_scope)
+        nursery.start_soon(run_handler, nursery.cancel_scope)
     if hung_up:
+        if decoder.buffered:
+            raise ProtocolError("client sent data while a request was running")
         raise _ClientGone
+    if outcome is None:
+        raise _ClientGone  # the handler's sends found the client gone
     await send(outcome)

@@ -32,9 +32,6 @@ from functools import partial
 
 import ifaddr  # zeroconf's own interface lister, so no extra dependency
 import trio
-from dizzy.protocol.errors import BadDeviceId
-from dizzy.protocol.ids import DeviceId
-from dizzy.protocol.peer_wire import PROTOCOL_VERSION
 from zeroconf import (
     InterfaceChoice,
     IPVersion,
@@ -43,6 +40,10 @@ from zeroconf import (
     ServiceStateChange,
     Zeroconf,
 )
+
+from dizzy.protocol.errors import BadDeviceId
+from dizzy.protocol.ids import DeviceId
+from dizzy.protocol.peer_wire import PROTOCOL_VERSION
 
 log = logging.getLogger(__name__)
 

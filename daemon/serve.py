@@ -11,7 +11,7 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_store
+from . import api_peers, api_store
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
@@ -19,7 +19,12 @@ from .fsutil import remove_quietly
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
+from .nurseries import unwrap_single_errors
+from .listener import DEFAULT_PORT, listen_port, open_peer_listeners, serve_peer_listeners
+from .pairing_service import PairingService
+from .peers import PeerManager
 from .store import ObjectStore
+from .trust import TrustStore
 
 log = logging.getLogger("dizzy.daemon")
 
@@ -60,11 +65,31 @@ async def serve_daemon(
                 nursery=nursery,
                 name=config.name or socket.gethostname(),
             )
+            trust = await TrustStore.load(index)
+            host, port = config.listen or ("0.0.0.0", DEFAULT_PORT)
+            try:
+                listeners = await open_peer_listeners(host, port)
+            except OSError as exc:
+                raise DizzyError(
+                    f"cannot listen on {host}:{port}: {exc.strerror or exc} "
+                    "(choose another with --listen HOST:PORT)"
+                ) from exc
+            port = listen_port(listeners)
+            peers = PeerManager(identity, ctx.name, trust, list(config.static_peers))
+            pairing = PairingService(identity, ctx.name, trust, peers, port)
+            ctx.services["peers"] = _PeerStatus(peers, f"{host}:{port}")
             api = ControlApi()
             api_store.register(api, ctx)
+            api_peers.register(api, ctx, trust, peers, pairing)
+            await nursery.start(peers.serve)
+            nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
+            if config.mdns:
+                await nursery.start(_serve_discovery, ctx, peers, pairing, port)
             await nursery.start(serve_control, api, home.control_socket)
             log.info(
-                "dizzy daemon ready: device %s, home %s", identity.device_id, home.root
+                "dizzy daemon ready: device %s (%s), peers on %s:%d, mDNS %s, home %s",
+                identity.device_id, ctx.name, host, port, "on" if config.mdns else "off",
+                home.root,
             )
             task_status.started(ctx)
     finally:
@@ -75,9 +100,49 @@ async def serve_daemon(
         lock.release()
 
 
+class _PeerStatus:
+    def __init__(self, peers: PeerManager, listen: str) -> None:
+        self.peers = peers
+        self.listen = listen
+
+    async def status(self) -> dict[str, object]:
+        return {
+            "listen": self.listen,
+            "peers_paired": len(self.peers.trust.all()),
+            "peers_online": len(self.peers.links),
+        }
+
+
+async def _serve_discovery(
+    ctx: DaemonContext,
+    peers: PeerManager,
+    pairing: PairingService,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """mDNS: advertise this device, and dial paired devices the moment they appear."""
+    from .discovery import PeerSeen, open_discovery
+
+    async with open_discovery(ctx.identity.device_id, port=port, name=ctx.name) as disc:
+        ctx.services["discovery"] = disc
+        pairing.discovery = disc
+        task_status.started()
+        try:
+            async for event in disc.events:
+                if isinstance(event, PeerSeen) and peers.trust.get(event.device_id):
+                    for address in reversed(event.addresses):
+                        peers.wake(event.device_id, address)
+        finally:
+            pairing.discovery = None
+            ctx.services.pop("discovery", None)
+
+
 async def run_daemon(config: DaemonConfig) -> None:
     """``serve_daemon`` plus clean shutdown on SIGINT/SIGTERM (main thread only)."""
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with unwrap_single_errors(), trio.open_signal_receiver(
+        signal.SIGINT, signal.SIGTERM
+    ) as signals:
         async with trio.open_nursery() as nursery:
 
             async def wait_for_signal() -> None:
@@ -88,8 +153,7 @@ async def run_daemon(config: DaemonConfig) -> None:
 
             nursery.start_soon(wait_for_signal)
             try:
-                await serve_daemon(config)
-            except DizzyError:
-                raise
+                with unwrap_single_errors():
+                    await serve_daemon(config)
             finally:
                 nursery.cancel_scope.cancel()

@@ -319,7 +319,7 @@ class ObjectStore:
             raise UsageError(
                 f"object {object_id} is a directory tree; use `dizzy get ID -o DIR`"
             )
-        return open(self.object_path(object_id), "rb")  # noqa: SIM115 - caller closes
+        return open(self.object_path(object_id), "rb")
 
     def iter_blob(self, object_id: str, block: int) -> Iterator[bytes]:
         with self.sync_open_blob(object_id) as f:

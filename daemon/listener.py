@@ -1,0 +1,53 @@
+"""The peer listen port: routes each connection by its preamble to TLS or pairing."""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from dizzy.protocol.errors import DizzyError, ProtocolError
+from dizzy.protocol.peer_wire import PreambleKind
+
+from .pairing_service import PairingService
+from .peers import PeerManager
+from .transport import receive_preamble
+
+log = logging.getLogger("dizzy.listener")
+
+#: the default listen port (TCP), when --listen gives none
+DEFAULT_PORT = 22070
+
+
+async def open_peer_listeners(host: str, port: int) -> list[trio.SocketListener]:
+    return await trio.open_tcp_listeners(port, host=host)
+
+
+def listen_port(listeners: list[trio.SocketListener]) -> int:
+    return int(listeners[0].socket.getsockname()[1])
+
+
+async def serve_peer_listeners(
+    listeners: list[trio.SocketListener], peers: PeerManager, pairing: PairingService
+) -> None:
+    async def handle(stream: trio.SocketStream) -> None:
+        try:
+            addr = stream.socket.getpeername()
+            where = f"{addr[0]}:{addr[1]}"
+        except OSError:
+            where = "?"
+        try:
+            preamble = await receive_preamble(stream)
+            if preamble.kind is PreambleKind.TRANSPORT:
+                await peers.accept(stream, preamble.claimed_device)
+                return  # the peer manager owns the stream now
+            await pairing.handle_incoming(stream, where)
+            await stream.aclose()
+        except (DizzyError, ProtocolError) as exc:
+            log.info("connection from %s closed: %s", where, exc)
+            await trio.aclose_forcefully(stream)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+            log.debug("connection from %s broke: %s", where, exc)
+            await trio.aclose_forcefully(stream)
+
+    await trio.serve_listeners(handle, listeners)

@@ -332,9 +332,10 @@ def parse_peer_message(value: Any) -> PeerMessage:
     """
     if not isinstance(value, dict):
         raise RemoteProtocolError("peer message is not a map")
-    parser = _PARSERS.get(value.get("t"))  # type: ignore[arg-type]
+    tag = value.get("t")
+    parser = _PARSERS.get(tag) if isinstance(tag, str) else None
     if parser is None:
-        raise RemoteProtocolError(f"unknown peer message type {value.get('t')!r:.40}")
+        raise RemoteProtocolError(f"unknown peer message type {tag!r:.40}")
     try:
         message: PeerMessage = parser(value)
     except LocalProtocolError as exc:

@@ -81,6 +81,10 @@ _THEY_REFUSED: Final = frozenset(
     }
 )
 
+# trio does not flush the alert OpenSSL writes when a certificate fails verification,
+# so a dialer that refuses *our* certificate usually just hangs up mid-handshake.
+_HUNG_UP: Final = frozenset({"UNEXPECTED_EOF_WHILE_READING"})
+
 
 def default_device_name() -> str:
     """The host name, made acceptable as a Hello name."""
@@ -186,7 +190,9 @@ async def dial_peer(
     try:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
-            ssl_stream = trio.SSLStream(tcp, ctx, server_hostname=None)
+            ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
+                tcp, ctx, server_hostname=None
+            )
             try:
                 await tcp.send_all(encode_preamble(PreambleKind.TRANSPORT, identity.device_id))
                 try:
@@ -217,7 +223,11 @@ class PeerConnection:
     """An authenticated peer: one TLS stream driven by one ``PeerSession``."""
 
     def __init__(
-        self, stream: trio.SSLStream, device_id: DeviceId, session: PeerSession, address: str
+        self,
+        stream: trio.SSLStream[trio.abc.Stream],
+        device_id: DeviceId,
+        session: PeerSession,
+        address: str,
     ) -> None:
         self.device_id = device_id
         self.address = address
@@ -392,6 +402,8 @@ def _refusal(exc: BaseException, who: str, where: str, *, dialing: bool) -> Peer
             message = f"refused TLS from unpaired {who} at {where}"
     elif reason in _THEY_REFUSED:
         message = f"{who} at {where} refused our certificate (not paired on its side?)"
+    elif reason in _HUNG_UP:
+        message = f"{who} at {where} hung up during the TLS handshake (not paired on its side?)"
     else:
         message = f"TLS handshake with {who} at {where} failed: {detail}"
     log.warning("%s [%s]", message, reason or detail)

@@ -8,6 +8,7 @@ records the new trust on success.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -121,7 +122,9 @@ class PairingService:
                 await invite.done.wait()
         finally:
             self._invites.pop(nameplate, None)
-            self.registry.cancel(nameplate)
+            # A spent code's number stays reserved until it would have expired, so a
+            # late joiner hears "already used", not "no such code".
+            self.registry.close(nameplate)
             if self.discovery is not None:
                 with trio.CancelScope(shield=True):
                     await self.discovery.set_nameplate(None)
@@ -227,7 +230,21 @@ class PairingService:
         try:
             await framed.send(joiner.start())
             while joiner.result is None:
-                await framed.send(joiner.receive(await framed.receive()))
+                try:
+                    await framed.send(joiner.receive(await framed.receive()))
+                except DizzyError:
+                    # Tell the inviter why (e.g. "wrong code"), so both sides say the same.
+                    with contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError, DizzyError
+                    ):
+                        await framed.send(joiner.goodbye())
+                    raise
+            # The inviter records its trust and then hangs up: wait for that, so our
+            # first TLS dial is not refused by a peer that has not yet saved us.
+            with trio.move_on_after(EXCHANGE_TIMEOUT), contextlib.suppress(DizzyError):
+                await framed.receive()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            raise RemoteProtocolError("the inviting device hung up during pairing") from None
+            if joiner.result is None:
+                raise RemoteProtocolError("the inviting device hung up during pairing") from None
+        assert joiner.result is not None
         return joiner.result

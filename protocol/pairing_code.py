@@ -205,7 +205,10 @@ class NameplateRegistry:
                 "and one wrong guess burns a code); ask for a new one"
             )
         if plate.claimed:
-            raise CodeInUse(f"another device is pairing with code {nameplate}-... right now")
+            raise CodeInUse(
+                f"pairing code {nameplate}-... is in use: another device is pairing with it "
+                "right now"
+            )
         plate.claimed = True
 
     def release(self, nameplate: int) -> None:
@@ -225,6 +228,12 @@ class NameplateRegistry:
     def cancel(self, nameplate: int) -> None:
         """The inviter gave up (``dizzy pair`` interrupted): forget the nameplate."""
         self._plates.pop(nameplate, None)
+
+    def close(self, nameplate: int) -> None:
+        """The invitation ended: forget an unused nameplate, keep a spent one reserved."""
+        plate = self._plates.get(nameplate)
+        if plate is not None and not plate.used:
+            del self._plates[nameplate]
 
     def advertised(self, now: float) -> list[int]:
         """Nameplates worth advertising over mDNS: unexpired and not used up."""

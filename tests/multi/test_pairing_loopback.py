@@ -314,15 +314,8 @@ def test_wrong_code_fails_both_sides_and_burns_the_code(nodes: tuple[Node, Node]
     assert a.alive() and b.alive()
 
 
-_JOINER_GOODBYE_BUG = (
-    "daemon/pairing_service.py PairingService._run_joiner (line ~225) never sends "
-    "joiner.goodbye() when joiner.receive() raises (e.g. WrongCode), so the inviter only "
-    "sees EOF and `dizzy pair` there says 'the other device hung up during pairing' "
-    "instead of 'wrong code'"
-)
 
 
-@pytest.mark.xfail(strict=False, reason=_JOINER_GOODBYE_BUG)
 def test_wrong_code_inviter_is_told_why(nodes: tuple[Node, Node]) -> None:
     a, b = nodes
     invitation = Invitation(a)
@@ -421,10 +414,6 @@ def test_second_joiner_gets_in_use(nodes: tuple[Node, Node], tmp_path: Path) -> 
     assert a.peers() == [] and a.alive()
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "protocol/pairing_code.py NameplateRegistry.claim raises CodeInUse with the text "
-    "'another device is pairing with code N-... right now': it never says 'in use'"
-))
 def test_in_use_message_says_in_use(nodes: tuple[Node, Node], tmp_path: Path) -> None:
     a, b = nodes
     invitation = Invitation(a)

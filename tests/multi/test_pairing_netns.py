@@ -349,24 +349,11 @@ def test_wrong_code_burns_the_invitation(tmp_path: Path) -> None:
     wrong_code_scenario(tmp_path)
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="daemon/pairing_service.py PairingService._run_joiner never sends "
-    "joiner.goodbye() on a DizzyError: the inviter sees EOF and reports "
-    "'the other device hung up during pairing' instead of 'wrong code'",
-)
 def test_wrong_code_is_reported_by_the_inviter(tmp_path: Path) -> None:
     err = wrong_code_scenario(tmp_path)["inviter"]
     assert "wrong code" in err, err
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="daemon/pairing_service.py PairingService.invite's finally calls "
-    "registry.cancel(nameplate), which forgets a burned nameplate at once: a late "
-    "joiner hears 'no pairing is waiting (... or a typo)' instead of 'already used', "
-    "and the number can be handed out again before it expires",
-)
 def test_burned_code_is_reported_as_used(tmp_path: Path) -> None:
     err = wrong_code_scenario(tmp_path)["late"]
     assert "already used" in err, err

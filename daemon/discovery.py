@@ -411,7 +411,7 @@ async def open_discovery(
     finally:
         with trio.move_on_after(SHUTDOWN_TIMEOUT) as cleanup_scope:
             cleanup_scope.shield = True
-            await trio.to_thread.run_sync(_shutdown, zc, browser, cancellable=True)
+            await trio.to_thread.run_sync(_shutdown, zc, browser, abandon_on_cancel=True)
         if cleanup_scope.cancelled_caught:
             log.warning("discovery: zeroconf shutdown took over %.0f s", SHUTDOWN_TIMEOUT)
 

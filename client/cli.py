@@ -190,7 +190,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="dizzy",
         description="Peer-to-peer object sync: pair devices, share folders, fetch by hash.",
     )
-    parser.add_argument("--home", help="state directory (default: $DIZZY_HOME or the user data dir)")
+    parser.add_argument(
+        "--home", help="state directory (default: $DIZZY_HOME or the user data dir)"
+    )
     parser.add_argument("--debug", action="store_true", help="tracebacks and debug logs")
     parser.add_argument("--version", action="version", version=f"dizzy {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

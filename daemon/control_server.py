@@ -6,6 +6,7 @@ its request runs (Ctrl-C on ``dizzy put``) cancels the request.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -44,22 +45,21 @@ async def serve_control(
 ) -> None:
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     # The caller holds the home's daemon lock, so a socket file here is stale.
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
     await sock.bind(str(path))
     os.chmod(path, 0o600)
     sock.listen(BACKLOG)
     listener = trio.SocketListener(sock)
     task_status.started()
     try:
-        await trio.serve_listeners(lambda stream: _serve_client(api, stream), [listener])
+        async def handle(stream: trio.SocketStream) -> None:
+            await _serve_client(api, stream)
+
+        await trio.serve_listeners(handle, [listener])
     finally:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(path)
-        except OSError:
-            pass
 
 
 class _ClientGone(Exception):
@@ -79,7 +79,7 @@ async def _serve_client(api: ControlApi, stream: trio.SocketStream) -> None:
 
     try:
         while True:
-            frame = NEED_DATA
+            frame: Any = NEED_DATA
             with trio.move_on_after(REQUEST_TIMEOUT):
                 while (frame := decoder.next_frame()) is NEED_DATA:
                     decoder.receive_data(await stream.receive_some(RECEIVE_SIZE))

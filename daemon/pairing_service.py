@@ -165,10 +165,10 @@ class PairingService:
                 msg = await framed.receive()
         except DizzyError as exc:
             failure = exc
-            try:
+            with contextlib.suppress(
+                trio.BrokenResourceError, trio.ClosedResourceError, DizzyError
+            ):
                 await framed.send(inviter.goodbye())
-            except (trio.BrokenResourceError, trio.ClosedResourceError, DizzyError):
-                pass
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             failure = RemoteProtocolError("the other device hung up during pairing")
         finally:

@@ -8,6 +8,7 @@ their requests through handlers that later layers register by request kind.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import time
@@ -323,10 +324,8 @@ class PeerManager:
             except Exception as exc:
                 log.exception("serving %s to %s failed", request.kind, link.device_id.short)
                 reply = ErrorResponse(request.id, "internal", f"internal error: {exc}"[:1000])
-        try:
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await link.conn.send(reply)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
 
     # -- reporting ------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from .fsutil import remove_quietly
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
-from .nurseries import unwrap_single_errors
 from .listener import DEFAULT_PORT, listen_port, open_peer_listeners, serve_peer_listeners
+from .nurseries import unwrap_single_errors
 from .pairing_service import PairingService
 from .peers import PeerManager
 from .store import ObjectStore

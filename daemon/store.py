@@ -9,6 +9,7 @@ threads; ``ObjectStore`` methods prefixed ``sync_`` must not be called from trio
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -406,7 +407,8 @@ class ObjectStore:
                 self.sync_require(entry.ref)
                 self._export_blob(entry.ref, path, entry.mode, progress, cancel)
             elif entry.kind == "dir":
-                self._export_tree(self.sync_read_tree(entry.ref), path, entry.mode, progress, cancel)
+                subtree = self.sync_read_tree(entry.ref)
+                self._export_tree(subtree, path, entry.mode, progress, cancel)
             else:
                 os.symlink(entry.ref, path)
         os.chmod(target, mode)
@@ -437,7 +439,5 @@ _UMASK = _read_umask()
 
 
 def _close_quietly(fd: int) -> None:
-    try:
+    with contextlib.suppress(OSError):
         os.close(fd)
-    except OSError:
-        pass

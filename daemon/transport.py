@@ -23,7 +23,7 @@ from typing import Final
 import trio
 
 from dizzy.protocol.errors import RemoteProtocolError, TimedOut
-from dizzy.protocol.framing import EOF, NEED_DATA
+from dizzy.protocol.framing import EOF, NEED_DATA, Eof, NeedData
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.peer_wire import (
     MAX_NAME_LEN,
@@ -296,7 +296,7 @@ class PeerConnection:
             elif isinstance(event, Ping):
                 self._pong_owed = event.token
                 self._pong_wanted.set()
-            elif not isinstance(event, Pong):
+            elif not isinstance(event, (Pong, NeedData, Eof)):
                 # (a Pong only proves liveness, which _last_heard already recorded)
                 return event
 

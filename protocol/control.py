@@ -2,8 +2,8 @@
 
 One connection carries one request at a time.  The client sends a ``Request``; the
 daemon answers with any number of ``Progress`` and ``Data`` messages and then exactly
-one ``Reply`` or ``ErrorReply``; ``Notice`` messages carry
-anything the caller must see before the end (a pairing code).  On the wire each message is a msgpack map with a
+one ``Reply`` or ``ErrorReply``; ``Notice`` messages carry anything the caller must see
+before the end (a pairing code).  On the wire each message is a msgpack map with a
 short type tag ``t``.  Parsing validates every field: a malformed message raises
 ``RemoteProtocolError`` and the receiver drops the connection.
 """

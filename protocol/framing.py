@@ -41,6 +41,10 @@ class _Eof:
 #: returned by ``next_frame`` once the stream ended cleanly between frames
 EOF: Final = _Eof()
 
+#: the sentinels' types, for isinstance checks and annotations
+NeedData = _NeedData
+Eof = _Eof
+
 
 def _unpack(body: bytes | memoryview) -> Any:
     # strict_map_key=False would let peers use any hashable as a key; we only ever

@@ -77,9 +77,11 @@ class DaemonProcess:
             try:
                 Client(self.home).status()
                 return
-            except DizzyError:
+            except DizzyError as exc:
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"daemon not ready in {timeout}s:\n{self.log()}")
+                    raise AssertionError(
+                        f"daemon not ready in {timeout}s:\n{self.log()}"
+                    ) from exc
                 time.sleep(0.05)
 
     def log(self) -> str:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+
 from dizzy.daemon.discovery import (
     MalformedAdvert,
     PeerGone,
@@ -30,7 +31,6 @@ from dizzy.daemon.discovery import (
     parse_txt,
 )
 from dizzy.protocol.ids import DeviceId
-
 from tests.netns import NAME_PREFIX, Host, list_namespaces, netns_hosts
 
 #: first sight on a quiet LAN takes about a second (probing + announcement);

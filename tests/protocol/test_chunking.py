@@ -6,6 +6,10 @@ import random
 
 import blake3
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pyfastcdc import FastCDC
+
 from dizzy.protocol.chunking import (
     CHUNK_AVG,
     CHUNK_MAX,
@@ -13,9 +17,6 @@ from dizzy.protocol.chunking import (
     StreamChunker,
     chunk_spans,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
-from pyfastcdc import FastCDC
 
 GOLDEN_LEN = 8 * 1024 * 1024 + 12345
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 import blake3
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dizzy.protocol.errors import LocalProtocolError, RemoteProtocolError, UnsafePath
 from dizzy.protocol.manifest import (
     MAX_TREE_BYTES,
@@ -13,8 +16,6 @@ from dizzy.protocol.manifest import (
     TreeEntry,
     TreeManifest,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 A = blake3.blake3(b"a").hexdigest()
 B = blake3.blake3(b"b").hexdigest()

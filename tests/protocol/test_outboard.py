@@ -5,6 +5,9 @@ from __future__ import annotations
 import blake3
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from dizzy.protocol.chunking import CHUNK_MAX, CHUNK_MIN, chunk_spans
 from dizzy.protocol.errors import LocalProtocolError, RemoteProtocolError
 from dizzy.protocol.ids import object_id_of
@@ -16,8 +19,6 @@ from dizzy.protocol.outboard import (
     OutboardBuilder,
     outboard_of,
 )
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 EMPTY_ID = "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
 

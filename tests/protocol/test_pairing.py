@@ -17,6 +17,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from dizzy.protocol.errors import (
     CodeExpired,
     CodeInUse,
@@ -43,8 +46,6 @@ from dizzy.protocol.pairing import (
 )
 from dizzy.protocol.pairing_code import NameplateRegistry, PairingCode
 from dizzy.protocol.pairing_crypto import confirmation_mac, transcript_hash
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 CODE = PairingCode(42, ("four", "eager", "race"))
 WRONG = PairingCode(42, ("four", "eager", "raven"))  # one word off: a typo

@@ -8,6 +8,7 @@ import re
 from collections.abc import Callable, Iterator
 
 import pytest
+
 from dizzy.protocol import pairing_code as pc
 from dizzy.protocol.errors import (
     CodeExpired,

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from dizzy.protocol.errors import RemoteProtocolError, UnsafePath, error_from_code
 from dizzy.protocol.paths import (
     MAX_DEPTH,
@@ -11,8 +14,6 @@ from dizzy.protocol.paths import (
     validate_name,
     validate_relpath,
 )
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 @pytest.mark.parametrize(

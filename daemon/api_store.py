@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -11,7 +12,7 @@ import trio
 
 from dizzy import __version__
 from dizzy.protocol.control import DATA_BLOCK
-from dizzy.protocol.errors import UsageError
+from dizzy.protocol.errors import StorageError, TimedOut, UsageError
 from dizzy.protocol.ids import parse_object_id
 
 from .api import Call, ControlApi
@@ -57,6 +58,10 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
             result = await trio.to_thread.run_sync(
                 store.sync_put, path, counter, call.cancel
             )
+        prepare = ctx.services.get("outboards")
+        if prepare is not None and result.kind == "blob":
+            # Chunk it now, in the background, so the first peer asking need not wait.
+            ctx.nursery.start_soon(prepare.prepare, result.id)
         return {
             "id": result.id,
             "kind": result.kind,
@@ -65,11 +70,40 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
             "skipped": list(result.skipped),
         }
 
+    async def fetched(call: Call, object_id: str, counter: ProgressCounter,
+                      deliver_to: Path | None = None) -> str:
+        """Make the object local (from peers if needed) within the call's --timeout."""
+        fetcher = ctx.services.get("fetcher")
+        timeout = call.param("timeout", (int, float), default=None, allow_none=True)
+        wait = call.param("wait", bool, default=False)
+        found = await trio.to_thread.run_sync(store.sync_lookup, object_id)
+        if found is not None and found[0] == "blob":
+            return "blob"
+        if fetcher is None:
+            return str(found[0]) if found else "missing"
+        try:
+            with trio.fail_after(float(timeout) if timeout is not None else math.inf):
+                kind: str = await fetcher.ensure_local(
+                    object_id, wait=wait, progress=counter, deliver_to=deliver_to
+                )
+                return kind
+        except trio.TooSlowError:
+            raise TimedOut(
+                f"timed out after {timeout:g} s fetching {object_id} (partial data is kept; "
+                "run the same command again to resume)"
+            ) from None
+
     async def get(call: Call) -> dict[str, Any]:
         object_id = parse_object_id(call.param("id", str))
         dest = _abs_path(call, "dest")
+        if not dest.parent.is_dir():
+            raise StorageError(f"output directory does not exist: {dest.parent}")
         counter = ProgressCounter(what="get")
         async with call.reporting(counter):
+            kind = await fetched(call, object_id, counter, deliver_to=dest)
+            if kind == "delivered":
+                return {"id": object_id, "path": str(dest)}
+            counter.done = 0
             written = await trio.to_thread.run_sync(
                 store.sync_export, object_id, dest, counter, call.cancel
             )
@@ -77,9 +111,17 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
 
     async def cat(call: Call) -> dict[str, Any]:
         object_id = parse_object_id(call.param("id", str))
+        found = await trio.to_thread.run_sync(store.sync_lookup, object_id)
+        fetcher = ctx.services.get("fetcher")
+        if found is None and fetcher is not None:
+            return await _cat_while_fetching(call, object_id, fetcher, fetched)
+        return await _cat_local(call, object_id, 0)
+
+    async def _cat_local(call: Call, object_id: str, start: int) -> dict[str, Any]:
         f = await trio.to_thread.run_sync(store.sync_open_blob, object_id)
-        sent = 0
+        sent = start
         try:
+            f.seek(start)
             while True:
                 block = await trio.to_thread.run_sync(f.read, DATA_BLOCK)
                 if not block:
@@ -89,6 +131,53 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
         finally:
             f.close()
         return {"id": object_id, "size": sent}
+
+    async def _cat_while_fetching(call: Call, object_id: str, fetcher: Any,
+                                  fetch: Any) -> dict[str, Any]:
+        """Stream a remote object in order, each chunk as soon as it is verified."""
+        result: dict[str, Any] = {}
+        async with trio.open_nursery() as nursery:
+            fetch_done = trio.Event()
+            failure: list[BaseException] = []
+
+            async def run_fetch() -> None:
+                try:
+                    await fetch(call, object_id, ProgressCounter())
+                except BaseException as exc:  # reported by the streamer below
+                    failure.append(exc)
+                finally:
+                    fetch_done.set()
+
+            nursery.start_soon(run_fetch)
+            offset = 0
+            index = 0
+            while True:
+                transfer = fetcher.transfers.get(object_id)
+                if transfer is None:
+                    if fetch_done.is_set():
+                        if failure:
+                            raise failure[0]
+                        break  # complete: the rest comes from the store
+                    await trio.sleep(0.01)
+                    continue
+                chunks = transfer.outboard.chunks
+                if index >= len(chunks):
+                    await transfer.done.wait()
+                    continue
+                if index in transfer.received:
+                    ref = chunks[index]
+                    data = await trio.to_thread.run_sync(os.pread, transfer.fd, ref.length,
+                                                         ref.offset)
+                    await call.send_data(data)
+                    offset += len(data)
+                    index += 1
+                    continue
+                if transfer.done.is_set():
+                    await fetch_done.wait()
+                    continue
+                await transfer.landed.wait()
+            result = await _cat_local(call, object_id, offset)
+        return result
 
     async def stat(call: Call) -> dict[str, Any]:
         object_id = parse_object_id(call.param("id", str))

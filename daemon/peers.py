@@ -40,6 +40,24 @@ BACKOFF_MIN = 1.0
 BACKOFF_MAX = 60.0
 #: a request to a peer that takes longer than this is abandoned
 REQUEST_TIMEOUT = 60.0
+#: see PeerLink.serve_slots
+SERVE_SLOTS = 16
+
+class PeerGone(DizzyError):
+    """The connection to the peer ended while we waited for it."""
+
+    code = "peer-gone"
+
+
+class RemoteError(DizzyError):
+    """The peer answered a request with an error."""
+
+    code = "remote-error"
+
+    def __init__(self, message: str, remote_code: str) -> None:
+        super().__init__(message)
+        self.remote_code = remote_code
+
 
 RequestHandler = Callable[["PeerLink", Request], Awaitable[dict[str, Any]]]
 
@@ -54,6 +72,9 @@ class PeerLink:
     pending: dict[int, trio.MemorySendChannel[Response | ErrorResponse]] = field(
         default_factory=dict
     )
+    #: requests from this peer served at once: each may hold a chunk (<= 4 MiB) until
+    #: its reply is written, so this bounds the memory one peer can make us spend
+    serve_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(SERVE_SLOTS))
 
     @property
     def device_id(self) -> DeviceId:
@@ -69,11 +90,13 @@ class PeerLink:
             with trio.fail_after(timeout):
                 reply = await receive.receive()
         except trio.TooSlowError:
-            raise DizzyError(f"peer {self.device_id.short} did not answer {kind!r}") from None
+            raise PeerGone(f"peer {self.device_id.short} did not answer {kind!r}") from None
+        except (trio.EndOfChannel, trio.BrokenResourceError, trio.ClosedResourceError):
+            raise PeerGone(f"peer {self.device_id.short} went away") from None
         finally:
             self.pending.pop(req.id, None)
         if isinstance(reply, ErrorResponse):
-            raise DizzyError(f"peer {self.device_id.short}: {reply.message}")
+            raise RemoteError(f"peer {self.device_id.short}: {reply.message}", reply.code)
         return dict(reply.body)
 
 
@@ -275,6 +298,8 @@ class PeerManager:
                 await self._receive_loop(link, nursery)
                 nursery.cancel_scope.cancel()
         finally:
+            for waiter in list(link.pending.values()):
+                waiter.close()  # wakes every request still waiting with PeerGone
             with trio.CancelScope(shield=True):
                 await link.conn.aclose()
                 if self.links.get(device) is link:
@@ -311,6 +336,10 @@ class PeerManager:
             log.info("connection to %s ended: %s", device.short, exc or type(exc).__name__)
 
     async def _serve_request(self, link: PeerLink, request: Request) -> None:
+        async with link.serve_slots:
+            await self._serve_request_now(link, request)
+
+    async def _serve_request_now(self, link: PeerLink, request: Request) -> None:
         handler = self.handlers.get(request.kind)
         reply: Response | ErrorResponse
         if handler is None:

@@ -31,3 +31,19 @@ STATEMENTS: list[str] = [
         value TEXT NOT NULL
     )""",
 ]
+
+STATEMENTS += [
+    # Incoming objects being fetched: their outboard (so a restart needs no peer to
+    # resume) and, in partial_chunks, every chunk already written and synced.
+    """CREATE TABLE IF NOT EXISTS partials (
+        object_id TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        outboard BLOB NOT NULL,
+        started REAL NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS partial_chunks (
+        object_id TEXT NOT NULL,
+        idx INTEGER NOT NULL,
+        PRIMARY KEY (object_id, idx)
+    ) WITHOUT ROWID""",
+]

@@ -11,16 +11,18 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_peers, api_store
+from . import api_peers, api_store, object_service
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
+from .fetch import Fetcher
 from .fsutil import remove_quietly
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
 from .listener import DEFAULT_PORT, listen_port, open_peer_listeners, serve_peer_listeners
 from .nurseries import unwrap_single_errors
+from .outboards import Outboards
 from .pairing_service import PairingService
 from .peers import PeerManager
 from .store import ObjectStore
@@ -81,7 +83,13 @@ async def serve_daemon(
             api = ControlApi()
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
+            outboards = Outboards(store)
+            object_service.register(peers, store, outboards)
+            fetcher = Fetcher(home, index, store, outboards, peers)
+            ctx.services["outboards"] = outboards
+            ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)
+            nursery.start_soon(fetcher.resume_all)
             nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
             if config.mdns:
                 await nursery.start(_serve_discovery, ctx, peers, pairing, port)

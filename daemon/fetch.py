@@ -1,0 +1,523 @@
+"""Fetching objects from paired peers: verified, multi-source, resumable.
+
+A blob is fetched chunk by chunk (its outboard names every chunk's hash) into a partial
+file under ``<home>/partial``.  Every chunk is checked against the outboard before it
+is written; written chunks are made durable in batches (fdatasync, then one SQLite
+transaction naming them), so a killed daemon resumes from the last batch without
+rehashing anything.  Chunks come from every online peer that has the object at once,
+several requests in flight per peer.  A peer that sends a bad chunk is logged and that
+chunk is fetched from another source.  The whole object is checked against its ID
+before it is renamed into the store.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import sqlite3
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import blake3
+import trio
+
+from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, RemoteProtocolError
+from dizzy.protocol.manifest import TreeManifest
+from dizzy.protocol.outboard import Outboard
+
+from .fsutil import fsync_dir, remove_quietly, storage_error
+from .home import Home
+from .index import Index
+from .outboards import Outboards
+from .peers import PeerGone, PeerLink, PeerManager, RemoteError
+from .progress import ProgressCounter
+from .store import _UMASK, ObjectStore, _hash_window
+
+log = logging.getLogger("dizzy.fetch")
+
+#: chunk requests in flight per source: enough to hide a round trip behind ~8 MiB of
+#: data on a LAN, few enough that one peer cannot be asked for a whole object at once
+IN_FLIGHT_PER_SOURCE = 8
+#: received chunks are made durable (fdatasync + index row) at least this often...
+DURABLE_EVERY_BYTES = 32 * 1024 * 1024
+#: ...or this many seconds, whichever first: a kill loses at most this much work
+DURABLE_EVERY_SECONDS = 0.5
+#: a peer asked "do you have it?" must answer this soon
+STAT_TIMEOUT = 10.0
+#: without --wait, how long a transfer whose sources all vanished waits for one to return
+SOURCE_RETURN_WAIT = 30.0
+#: a source that sent this many bad chunks is not asked again for this object
+MAX_BAD_CHUNKS = 3
+#: subtrees and files of a tree fetched at once
+TREE_PARALLELISM = 8
+
+
+@dataclass
+class _Source:
+    link: PeerLink
+    bad_chunks: int = 0
+    gone: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.link.device_id.short
+
+
+@dataclass
+class Transfer:
+    """One blob being fetched; ``cat`` follows ``received`` to stream in order."""
+
+    object_id: str
+    outboard: Outboard
+    path: Path
+    fd: int
+    received: set[int]
+    landed: trio.Event = field(default_factory=trio.Event)
+    done: trio.Event = field(default_factory=trio.Event)
+    error: DizzyError | None = None
+
+    def notify(self) -> None:
+        self.landed.set()
+        self.landed = trio.Event()
+
+
+class Fetcher:
+    def __init__(self, home: Home, index: Index, store: ObjectStore, outboards: Outboards,
+                 peers: PeerManager) -> None:
+        self.home = home
+        self.index = index
+        self.store = store
+        self.outboards = outboards
+        self.peers = peers
+        self.transfers: dict[str, Transfer] = {}
+        self._active: dict[str, trio.Event] = {}
+
+    # -- entry points ----------------------------------------------------------------
+
+    async def ensure_local(self, object_id: str, *, wait: bool,
+                           progress: ProgressCounter | None = None,
+                           deliver_to: Path | None = None) -> str:
+        """Make ``object_id`` (blob or whole tree) local; returns its kind.
+
+        With ``deliver_to`` (a blob fetched for ``get -o``), the finished file is renamed
+        straight to that path when it is on the same file system, instead of into the
+        store and then copied out: one write of the data instead of two.  The kind is
+        then ``"delivered"``.
+        """
+        progress = progress or ProgressCounter()
+        found = await trio.to_thread.run_sync(self.store.sync_lookup, object_id)
+        if found is not None:
+            if found[0] == "tree":
+                await self._ensure_tree_contents(object_id, wait, progress)
+            return found[0]
+        sources, kind, size = await self._find_sources(object_id, wait=wait)
+        if kind == "tree":
+            await self._fetch_tree_manifest(object_id, sources)
+            await self._ensure_tree_contents(object_id, wait, progress)
+            return "tree"
+        if progress.total is None:
+            progress.total = size
+        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to)
+        return "delivered" if delivered else "blob"
+
+    async def resume_all(self) -> None:
+        """At start-up: continue every transfer a previous run left unfinished."""
+        rows = await self.index.execute("SELECT object_id FROM partials")
+        for (object_id,) in rows:
+            try:
+                await self.ensure_local(object_id, wait=True)
+                log.info("resumed and finished fetching %s", object_id)
+            except DizzyError as exc:
+                log.warning("could not resume fetching %s: %s", object_id, exc)
+
+    # -- sources ---------------------------------------------------------------------
+
+    async def _find_sources(self, object_id: str, *, wait: bool,
+                            exclude: Iterable[PeerLink] = ()) -> tuple[list[_Source], str, int]:
+        skip = set(id(link) for link in exclude)
+        while True:
+            links = [link for link in self.peers.links.values() if id(link) not in skip]
+            answers: list[tuple[PeerLink, dict[str, Any]]] = []
+
+            async def ask(link: PeerLink, answers: list[tuple[PeerLink, dict[str, Any]]]
+                          ) -> None:
+                try:
+                    with trio.move_on_after(STAT_TIMEOUT):
+                        reply = await link.request("obj.stat", {"id": object_id},
+                                                   timeout=STAT_TIMEOUT)
+                        if reply.get("have") and reply.get("kind") in ("blob", "tree") and \
+                                isinstance(reply.get("size"), int):
+                            answers.append((link, reply))
+                except DizzyError as exc:
+                    log.debug("asking %s for %s failed: %s", link.device_id.short, object_id, exc)
+
+            changed = self.peers.link_changed
+            async with trio.open_nursery() as nursery:
+                for link in links:
+                    nursery.start_soon(ask, link, answers)
+            if answers:
+                kind = answers[0][1]["kind"]
+                size = answers[0][1]["size"]
+                agreeing = [_Source(link) for link, reply in answers
+                            if reply["kind"] == kind and reply["size"] == size]
+                return agreeing, kind, size
+            if not wait:
+                if not self.peers.links:
+                    raise NotFound(
+                        f"object {object_id} is not here and no paired device is online "
+                        "(use --wait to wait for one)"
+                    )
+                raise NotFound(f"nobody has object {object_id} (asked {len(links)} online "
+                               "device(s))")
+            log.info("waiting for a device that has %s", object_id)
+            await changed.wait()
+
+    # -- trees -----------------------------------------------------------------------
+
+    async def _fetch_tree_manifest(self, tree_id: str, sources: list[_Source]) -> None:
+        for source in sources:
+            try:
+                reply = await source.link.request("obj.tree", {"id": tree_id})
+                data = reply.get("data")
+                if not isinstance(data, bytes) or blake3.blake3(data).hexdigest() != tree_id:
+                    log.warning("peer %s sent a wrong manifest for tree %s", source.name, tree_id)
+                    continue
+                TreeManifest.decode(data)  # validates names, kinds, IDs before we keep it
+                await trio.to_thread.run_sync(self.store.sync_put_bytes, data, "tree")
+                return
+            except (DizzyError, RemoteProtocolError) as exc:
+                log.info("fetching tree %s from %s failed: %s", tree_id, source.name, exc)
+        raise CorruptData(f"no source sent a valid manifest for tree {tree_id}")
+
+    async def _ensure_tree_contents(self, tree_id: str, wait: bool,
+                                    progress: ProgressCounter) -> None:
+        manifest = await trio.to_thread.run_sync(self.store.sync_read_tree, tree_id)
+        if progress.total is None:
+            progress.total = sum(e.size for e in manifest.entries if e.kind != "link")
+        limiter = trio.CapacityLimiter(TREE_PARALLELISM)
+
+        async def one(ref: str) -> None:
+            async with limiter:
+                await self.ensure_local(ref, wait=wait, progress=progress)
+
+        async with trio.open_nursery() as nursery:
+            for entry in manifest.entries:
+                if entry.kind in ("file", "dir"):
+                    nursery.start_soon(one, entry.ref)
+
+    # -- blobs -----------------------------------------------------------------------
+
+    async def _fetch_blob_once(self, object_id: str, sources: list[_Source], wait: bool,
+                               progress: ProgressCounter, deliver_to: Path | None) -> bool:
+        # Two `get`s of one object share one transfer.
+        while (active := self._active.get(object_id)) is not None:
+            await active.wait()
+            if await trio.to_thread.run_sync(self.store.sync_lookup, object_id) is not None:
+                return False
+        done = trio.Event()
+        self._active[object_id] = done
+        try:
+            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to)
+        finally:
+            del self._active[object_id]
+            done.set()
+
+    async def _load_or_start(self, object_id: str, sources: list[_Source]) -> tuple[Outboard,
+                                                                                 set[int]]:
+        row = await self.index.call(_load_partial, object_id)
+        if row is not None:
+            outboard = Outboard.decode(row[0], expected_object_id=object_id)
+            return outboard, row[1]
+        last: Exception | None = None
+        for source in sources:
+            try:
+                reply = await source.link.request("obj.outboard", {"id": object_id})
+                data = reply.get("data")
+                if not isinstance(data, bytes):
+                    raise RemoteProtocolError("outboard reply without data")
+                outboard = Outboard.decode(data, expected_object_id=object_id)
+                await self.index.call(_start_partial, object_id, outboard.size, data)
+                return outboard, set()
+            except (DizzyError, RemoteProtocolError) as exc:
+                log.warning("peer %s: no usable outboard for %s: %s", source.name, object_id, exc)
+                last = exc
+        raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
+
+    async def _fetch_blob(self, object_id: str, sources: list[_Source], wait: bool,
+                          progress: ProgressCounter, deliver_to: Path | None) -> bool:
+        outboard, received = await self._load_or_start(object_id, sources)
+        path = self.home.partial / object_id
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise storage_error(exc, f"creating {path}") from exc
+        transfer = Transfer(object_id, outboard, path, fd, received)
+        self.transfers[object_id] = transfer
+        progress.total = outboard.size
+        progress.done += sum(outboard.chunks[i].length for i in received)
+        if received:
+            log.info("resuming %s: %d of %d chunks already here", object_id, len(received),
+                     len(outboard.chunks))
+        started = time.monotonic()
+        try:
+            if os.fstat(fd).st_size != outboard.size:
+                await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
+            await self._fill(transfer, sources, wait, progress)
+            delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
+        except OSError as exc:
+            raise storage_error(exc, f"writing {object_id} (partial data kept for a resume)"
+                                ) from exc
+        except BaseException as exc:
+            transfer.error = exc if isinstance(exc, DizzyError) else DizzyError(str(exc))
+            raise
+        finally:
+            os.close(fd)
+            del self.transfers[object_id]
+            transfer.done.set()
+            transfer.notify()
+        elapsed = time.monotonic() - started
+        log.info("fetched %s (%d bytes) in %.2f s, %.0f MB/s", object_id, outboard.size, elapsed,
+                 outboard.size / max(elapsed, 1e-6) / 1e6)
+        return delivered
+
+    async def _fill(self, transfer: Transfer, sources: list[_Source], wait: bool,
+                    progress: ProgressCounter) -> None:
+        outboard = transfer.outboard
+        missing = collections.deque(i for i in range(len(outboard.chunks))
+                                    if i not in transfer.received)
+        refused: dict[int, set[int]] = {}  # chunk -> ids of sources that sent it wrong
+        recorder = _DurableRecorder(self.index, transfer)
+        try:
+            while missing:
+                live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
+                if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
+                    if any(len(refused.get(i, ())) >= len(sources) for i in missing):
+                        # Every source we have sent some chunk wrong: any other device?
+                        others = await self._other_sources(transfer.object_id, sources)
+                        if not others:
+                            raise CorruptData(
+                                f"every source sent corrupt data for {transfer.object_id}"
+                            )
+                        sources = sources + others
+                    else:
+                        sources = await self._replacement_sources(
+                            transfer.object_id, sources, wait
+                        )
+                    continue
+
+                async def worker(source: _Source) -> None:
+                    while not source.gone and source.bad_chunks < MAX_BAD_CHUNKS:
+                        index = _take(missing, refused, id(source))
+                        if index is None:
+                            return
+                        outcome = await self._one_chunk(transfer, source, index, recorder,
+                                                        progress)
+                        if outcome == "bad":
+                            refused.setdefault(index, set()).add(id(source))
+                        if outcome != "ok":
+                            missing.appendleft(index)
+
+                async with trio.open_nursery() as nursery:
+                    for source in live:
+                        for _ in range(IN_FLIGHT_PER_SOURCE):
+                            nursery.start_soon(worker, source)
+        finally:
+            with trio.CancelScope(shield=True):
+                await recorder.flush()
+
+    async def _other_sources(self, object_id: str, known: list[_Source]) -> list[_Source]:
+        try:
+            found, _, _ = await self._find_sources(object_id, wait=False,
+                                                   exclude=[s.link for s in known])
+        except NotFound:
+            return []
+        return found
+
+    async def _replacement_sources(self, object_id: str, old: list[_Source],
+                                   wait: bool) -> list[_Source]:
+        gone = [s.link for s in old]
+        log.info("all sources of %s are gone or bad; looking for others", object_id)
+        if wait:
+            sources, _, _ = await self._find_sources(object_id, wait=True, exclude=())
+            return sources
+        with trio.move_on_after(SOURCE_RETURN_WAIT):
+            sources, _, _ = await self._find_sources(object_id, wait=True, exclude=gone)
+            return sources
+        raise NotFound(
+            f"every device that had {object_id} went away; partial data is kept, rerun "
+            "`dizzy get` (or use --wait) to resume"
+        )
+
+    async def _one_chunk(self, transfer: Transfer, source: _Source, index: int,
+                         recorder: _DurableRecorder, progress: ProgressCounter) -> str:
+        """'ok', 'bad' (the source sent wrong bytes) or 'gone' (the source failed)."""
+        ref = transfer.outboard.chunks[index]
+        try:
+            reply = await source.link.request(
+                "obj.chunk", {"id": transfer.object_id, "i": index}
+            )
+        except RemoteError as exc:
+            log.warning("peer %s could not serve chunk %d of %s: %s", source.name, index,
+                        transfer.object_id, exc)
+            source.gone = True
+            return "gone"
+        except (PeerGone, DizzyError) as exc:
+            log.info("peer %s dropped out of fetching %s: %s", source.name,
+                     transfer.object_id, exc)
+            source.gone = True
+            return "gone"
+        data = reply.get("data")
+        good = isinstance(data, bytes) and await trio.to_thread.run_sync(
+            _verify_and_write, transfer.fd, ref.offset, ref.length, ref.hash, data
+        )
+        if not good:
+            source.bad_chunks += 1
+            log.warning("peer %s sent corrupt data for chunk %d of %s (refetching elsewhere)",
+                        source.name, index, transfer.object_id)
+            return "bad"
+        transfer.received.add(index)
+        progress.done += ref.length
+        transfer.notify()
+        await recorder.add(index, ref.length)
+        return "ok"
+
+    def _complete(self, transfer: Transfer, deliver_to: Path | None) -> bool:
+        """Check the whole object, fsync, rename it into place, forget the partial.
+
+        Returns True when it went to ``deliver_to`` rather than into the store.
+        """
+        object_id = transfer.object_id
+        size = transfer.outboard.size
+        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+        window = 64 * 1024 * 1024
+        for offset in range(0, size, window):
+            _hash_window(hasher, transfer.fd, offset, min(window, size - offset))
+        if hasher.hexdigest() != object_id:
+            # Every chunk matched the outboard, so the outboard itself lied: start over.
+            self.index.call_sync(_drop_partial, object_id)
+            remove_quietly(transfer.path)
+            raise CorruptData(f"the chunk list for {object_id} did not add up to it; "
+                              "fetch again")
+        os.fsync(transfer.fd)
+        if deliver_to is not None and _same_fs(transfer.path, deliver_to.parent) and \
+                not deliver_to.is_dir():
+            os.fchmod(transfer.fd, 0o644 & ~_UMASK)
+            os.rename(transfer.path, deliver_to)
+            fsync_dir(deliver_to.parent)
+            self.index.call_sync(_drop_partial, object_id)
+            return True
+        final = self.store.object_path(object_id)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(transfer.path, 0o444)
+        os.rename(transfer.path, final)
+        fsync_dir(final.parent)
+        now = time.time()
+        self.index.call_sync(_finish_partial, object_id, size, now,
+                             transfer.outboard.encode())
+        return False
+
+
+def _take(missing: collections.deque[int], refused: dict[int, set[int]],
+          source_key: int) -> int | None:
+    """The next missing chunk this source has not already sent us wrong."""
+    for _ in range(len(missing)):
+        index = missing.popleft()
+        if source_key not in refused.get(index, ()):
+            return index
+        missing.append(index)
+    return None
+
+
+def _same_fs(a: Path, b: Path) -> bool:
+    try:
+        return os.stat(a).st_dev == os.stat(b).st_dev
+    except OSError:
+        return False
+
+
+def _can_serve(missing: collections.deque[int], refused: dict[int, set[int]],
+               source_key: int) -> bool:
+    return any(source_key not in refused.get(index, ()) for index in missing)
+
+
+def _verify_and_write(fd: int, offset: int, length: int, expected: bytes, data: bytes) -> bool:
+    if len(data) != length or blake3.blake3(data).digest() != expected:
+        return False
+    view = memoryview(data)
+    written = 0
+    while written < length:
+        written += os.pwrite(fd, view[written:], offset + written)
+    return True
+
+
+class _DurableRecorder:
+    """Batches 'chunk i is on disk' records: fdatasync the data, then commit the rows."""
+
+    def __init__(self, index: Index, transfer: Transfer) -> None:
+        self.index = index
+        self.transfer = transfer
+        self.pending: list[int] = []
+        self.pending_bytes = 0
+        self.last_flush = time.monotonic()
+        self._lock = trio.Lock()
+
+    async def add(self, chunk: int, length: int) -> None:
+        self.pending.append(chunk)
+        self.pending_bytes += length
+        if (self.pending_bytes >= DURABLE_EVERY_BYTES
+                or time.monotonic() - self.last_flush >= DURABLE_EVERY_SECONDS):
+            await self.flush()
+
+    async def flush(self) -> None:
+        async with self._lock:
+            if not self.pending:
+                return
+            batch, self.pending, self.pending_bytes = self.pending, [], 0
+            self.last_flush = time.monotonic()
+            # Data first, then the record: a record never names bytes a crash could lose.
+            await trio.to_thread.run_sync(os.fdatasync, self.transfer.fd)
+            await self.index.call(_record_chunks, self.transfer.object_id, batch)
+
+
+def _load_partial(conn: sqlite3.Connection, object_id: str) -> tuple[bytes, set[int]] | None:
+    row = conn.execute("SELECT outboard FROM partials WHERE object_id = ?",
+                       (object_id,)).fetchone()
+    if row is None:
+        return None
+    chunks = {r[0] for r in conn.execute(
+        "SELECT idx FROM partial_chunks WHERE object_id = ?", (object_id,))}
+    return bytes(row[0]), chunks
+
+
+def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes) -> None:
+    with conn:
+        conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started) "
+                     "VALUES (?, ?, ?, ?)", (object_id, size, outboard, time.time()))
+        conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))
+
+
+def _record_chunks(conn: sqlite3.Connection, object_id: str, chunks: list[int]) -> None:
+    with conn:
+        conn.executemany("INSERT OR IGNORE INTO partial_chunks (object_id, idx) VALUES (?, ?)",
+                         [(object_id, i) for i in chunks])
+
+
+def _drop_partial(conn: sqlite3.Connection, object_id: str) -> None:
+    with conn:
+        conn.execute("DELETE FROM partials WHERE object_id = ?", (object_id,))
+        conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))
+
+
+def _finish_partial(conn: sqlite3.Connection, object_id: str, size: int, now: float,
+                    outboard: bytes) -> None:
+    with conn:
+        conn.execute("INSERT OR IGNORE INTO objects (id, kind, size, created) "
+                     "VALUES (?, 'blob', ?, ?)", (object_id, size, now))
+        conn.execute("INSERT OR REPLACE INTO outboards (object_id, data) VALUES (?, ?)",
+                     (object_id, outboard))
+        conn.execute("DELETE FROM partials WHERE object_id = ?", (object_id,))
+        conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))

@@ -1,0 +1,73 @@
+"""What this daemon serves to paired peers: object lookups, outboards, tree manifests
+and chunks, read from the object store."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import trio
+
+from dizzy.protocol.errors import NotFound, UsageError
+from dizzy.protocol.ids import parse_object_id
+from dizzy.protocol.peer_wire import Request
+
+from .outboards import Outboards
+from .peers import PeerLink, PeerManager
+from .store import ObjectStore
+
+
+def _object_id(request: Request) -> str:
+    raw = request.body.get("id")
+    if not isinstance(raw, str):
+        raise UsageError("request lacks an object id")
+    return parse_object_id(raw)
+
+
+def register(peers: PeerManager, store: ObjectStore, outboards: Outboards) -> None:
+    async def stat(link: PeerLink, request: Request) -> dict[str, Any]:
+        object_id = _object_id(request)
+        found = await trio.to_thread.run_sync(store.sync_lookup, object_id)
+        if found is None:
+            return {"have": False}
+        return {"have": True, "kind": found[0], "size": found[1]}
+
+    async def outboard(link: PeerLink, request: Request) -> dict[str, Any]:
+        ob = await outboards.get(_object_id(request))
+        return {"data": ob.encode()}
+
+    async def tree(link: PeerLink, request: Request) -> dict[str, Any]:
+        object_id = _object_id(request)
+        manifest = await trio.to_thread.run_sync(store.sync_read_tree, object_id)
+        return {"data": manifest.encode()}
+
+    async def chunk(link: PeerLink, request: Request) -> dict[str, Any]:
+        object_id = _object_id(request)
+        index = request.body.get("i")
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise UsageError("chunk request lacks an index")
+        ob = await outboards.get(object_id)
+        if not 0 <= index < len(ob.chunks):
+            raise UsageError(f"chunk {index} is outside object {object_id[:16]}...")
+        ref = ob.chunks[index]
+        data = await trio.to_thread.run_sync(_pread, store.object_path(object_id), ref.offset,
+                                             ref.length)
+        if len(data) != ref.length:
+            raise NotFound(f"object {object_id[:16]}... is shorter than its outboard")
+        return {"data": data}
+
+    peers.handlers["obj.stat"] = stat
+    peers.handlers["obj.outboard"] = outboard
+    peers.handlers["obj.tree"] = tree
+    peers.handlers["obj.chunk"] = chunk
+
+
+def _pread(path: os.PathLike[str], offset: int, length: int) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise NotFound("object is no longer stored here") from None
+    try:
+        return os.pread(fd, length, offset)
+    finally:
+        os.close(fd)

@@ -1,0 +1,85 @@
+"""Chunk lists (outboards) of stored blobs: computed once, lazily, cached in the index.
+
+``put`` stays as fast as a copy; the outboard is built in the background right after,
+or on the first peer request, whichever comes first, and never twice at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+
+import trio
+
+from dizzy.protocol.outboard import Outboard, OutboardBuilder
+
+from .store import ObjectStore
+
+log = logging.getLogger("dizzy.outboards")
+
+#: read size while chunking a stored file: large blocks keep the chunker near full speed
+READ_BLOCK = 8 * 1024 * 1024
+
+
+class Outboards:
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+        self._building: dict[str, trio.Event] = {}
+        # Building is CPU-bound: one at a time leaves the other core to the network.
+        self._limiter = trio.CapacityLimiter(1)
+
+    async def get(self, object_id: str) -> Outboard:
+        while True:
+            cached = await self.store.index.call(_load, object_id)
+            if cached is not None:
+                return Outboard.decode(cached, expected_object_id=object_id)
+            pending = self._building.get(object_id)
+            if pending is None:
+                break
+            await pending.wait()
+        done = trio.Event()
+        self._building[object_id] = done
+        try:
+            outboard = await trio.to_thread.run_sync(
+                self._build, object_id, limiter=self._limiter
+            )
+            await self.store.index.call(_save, object_id, outboard.encode())
+            return outboard
+        finally:
+            del self._building[object_id]
+            done.set()
+
+    async def prepare(self, object_id: str) -> None:
+        """``get`` for a background task: failures are logged, never raised."""
+        try:
+            await self.get(object_id)
+        except Exception as exc:
+            log.warning("could not chunk %s: %s", object_id, exc)
+
+    def _build(self, object_id: str) -> Outboard:
+        builder = OutboardBuilder()
+        with self.store.sync_open_blob(object_id) as f:
+            while block := f.read(READ_BLOCK):
+                builder.feed(block)
+        outboard = builder.finish()
+        if outboard.object_id != object_id:
+            from dizzy.protocol.errors import CorruptData
+
+            raise CorruptData(f"stored object {object_id} is corrupt (hash mismatch)")
+        return outboard
+
+    async def save(self, outboard: Outboard) -> None:
+        """Record an outboard received from a peer (verified by the whole-object hash)."""
+        await self.store.index.call(_save, outboard.object_id, outboard.encode())
+
+
+def _load(conn: sqlite3.Connection, object_id: str) -> bytes | None:
+    row = conn.execute("SELECT data FROM outboards WHERE object_id = ?", (object_id,)).fetchone()
+    return None if row is None else bytes(row[0])
+
+
+def _save(conn: sqlite3.Connection, object_id: str, data: bytes) -> None:
+    with conn:
+        conn.execute(
+            "INSERT OR REPLACE INTO outboards (object_id, data) VALUES (?, ?)", (object_id, data)
+        )

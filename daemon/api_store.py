@@ -16,6 +16,7 @@ from dizzy.protocol.errors import StorageError, TimedOut, UsageError
 from dizzy.protocol.ids import parse_object_id
 
 from .api import Call, ControlApi
+from .nurseries import open_helper_nursery
 from .context import DaemonContext
 from .progress import ProgressCounter
 
@@ -136,7 +137,7 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
                                   fetch: Any) -> dict[str, Any]:
         """Stream a remote object in order, each chunk as soon as it is verified."""
         result: dict[str, Any] = {}
-        async with trio.open_nursery() as nursery:
+        async with open_helper_nursery() as nursery:
             fetch_done = trio.Event()
             failure: list[BaseException] = []
 

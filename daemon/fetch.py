@@ -199,15 +199,22 @@ class Fetcher:
         if progress.total is None:
             progress.total = sum(e.size for e in manifest.entries if e.kind != "link")
         limiter = trio.CapacityLimiter(TREE_PARALLELISM)
+        failures: list[DizzyError] = []
 
-        async def one(ref: str) -> None:
+        async def one(ref: str, scope: trio.CancelScope) -> None:
             async with limiter:
-                await self.ensure_local(ref, wait=wait, progress=progress)
+                try:
+                    await self.ensure_local(ref, wait=wait, progress=progress)
+                except DizzyError as exc:
+                    failures.append(exc)  # the first failure ends the whole tree
+                    scope.cancel()
 
         async with trio.open_nursery() as nursery:
             for entry in manifest.entries:
                 if entry.kind in ("file", "dir"):
-                    nursery.start_soon(one, entry.ref)
+                    nursery.start_soon(one, entry.ref, nursery.cancel_scope)
+        if failures:
+            raise failures[0]
 
     # -- blobs -----------------------------------------------------------------------
 

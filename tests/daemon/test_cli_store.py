@@ -131,8 +131,8 @@ def test_get_without_output_writes_id_in_cwd(daemon: DaemonProcess, tmp_path: Pa
     "args, needle",
     [
         (["get", "xyz", "-o", "/tmp/x"], "not an object ID"),
-        (["get", "0" * 64, "-o", "/tmp/x"], "not in the local store"),
-        (["cat", "0" * 64], "not in the local store"),
+        (["get", "0" * 64, "-o", "/tmp/x"], "is not here"),
+        (["cat", "0" * 64], "is not here"),
         (["put", "/nonexistent/file"], "no such file"),
         (["get", "0" * 64, "-o", "/nonexistent-dir/out"], "output directory does not exist"),
     ],

@@ -41,7 +41,7 @@ log = logging.getLogger("dizzy.fetch")
 
 #: chunk requests in flight per source: enough to hide a round trip behind ~8 MiB of
 #: data on a LAN, few enough that one peer cannot be asked for a whole object at once
-IN_FLIGHT_PER_SOURCE = 8
+IN_FLIGHT_PER_SOURCE = 16
 #: received chunks are made durable (fdatasync + index row) at least this often...
 DURABLE_EVERY_BYTES = 32 * 1024 * 1024
 #: ...or this many seconds, whichever first: a kill loses at most this much work

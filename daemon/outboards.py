@@ -6,6 +6,7 @@ or on the first peer request, whichever comes first, and never twice at once.
 
 from __future__ import annotations
 
+import collections
 import logging
 import sqlite3
 
@@ -19,16 +20,32 @@ log = logging.getLogger("dizzy.outboards")
 
 #: read size while chunking a stored file: large blocks keep the chunker near full speed
 READ_BLOCK = 8 * 1024 * 1024
+#: decoded outboards kept in memory (each ~40 bytes per MiB of object)
+RECENT_OUTBOARDS = 64
 
 
 class Outboards:
     def __init__(self, store: ObjectStore) -> None:
         self.store = store
         self._building: dict[str, trio.Event] = {}
+        # Decoded outboards of the objects being served right now: a chunk request must
+        # not re-read and re-decode a 40 KiB outboard from SQLite every time.
+        self._recent: collections.OrderedDict[str, Outboard] = collections.OrderedDict()
         # Building is CPU-bound: one at a time leaves the other core to the network.
         self._limiter = trio.CapacityLimiter(1)
 
     async def get(self, object_id: str) -> Outboard:
+        hit = self._recent.get(object_id)
+        if hit is not None:
+            self._recent.move_to_end(object_id)
+            return hit
+        outboard = await self._get_uncached(object_id)
+        self._recent[object_id] = outboard
+        while len(self._recent) > RECENT_OUTBOARDS:
+            self._recent.popitem(last=False)
+        return outboard
+
+    async def _get_uncached(self, object_id: str) -> Outboard:
         while True:
             cached = await self.store.index.call(_load, object_id)
             if cached is not None:

@@ -44,6 +44,7 @@ from dizzy.protocol.peer_wire import (
 
 from .identity import Identity
 from .tls import make_client_context, make_server_context, peer_device_id
+from .tls_stream import TlsStream
 
 log = logging.getLogger("dizzy.transport")
 
@@ -52,11 +53,11 @@ log = logging.getLogger("dizzy.transport")
 #: they pile up on the listener.
 HANDSHAKE_TIMEOUT: Final = 10.0
 #: Bytes asked of the TLS stream per read: large, so a 1 MiB chunk takes few trips
-#: through trio.  (OpenSSL still hands out at most one 16 KiB record per read.)
-RECEIVE_SIZE: Final = 256 * 1024
-#: Plaintext per TLS write: measured fastest for trio.SSLStream (DESIGN.md), and it
-#: keeps the encrypted copy of a 4 MiB chunk from existing all at once.
-SEND_SLICE: Final = 64 * 1024
+#: through trio.  (TlsStream decrypts every record a socket read brought in one go.)
+RECEIVE_SIZE: Final = 1024 * 1024
+#: Plaintext per TLS write: TlsStream encrypts a whole write in one call, so a chunk
+#: reply (<= 4 MiB) goes out whole; larger messages are still sliced.
+SEND_SLICE: Final = 4 * 1024 * 1024 + 64 * 1024
 #: Politeness budget for close_notify; a peer that does not read gets a hard close.
 CLOSE_TIMEOUT: Final = 2.0
 #: A ping every 30 s costs nothing and keeps NAT and firewall state alive.
@@ -139,7 +140,7 @@ async def accept_peer(
         log.warning("refused TLS from unpaired %s at %s: no devices are paired", who, where)
         await trio.aclose_forcefully(stream)
         raise PeerRefused(f"refused {who} at {where}: no devices are paired")
-    ssl_stream = trio.SSLStream(stream, make_server_context(identity, pems), server_side=True)
+    ssl_stream = TlsStream(stream, make_server_context(identity, pems), server_side=True)
     try:
         with trio.fail_after(timeout):
             try:
@@ -190,9 +191,7 @@ async def dial_peer(
     try:
         with trio.fail_after(timeout):
             tcp = await trio.open_tcp_stream(host, port)
-            ssl_stream: trio.SSLStream[trio.abc.Stream] = trio.SSLStream(
-                tcp, ctx, server_hostname=None
-            )
+            ssl_stream = TlsStream(tcp, ctx, server_side=False)
             try:
                 await tcp.send_all(encode_preamble(PreambleKind.TRANSPORT, identity.device_id))
                 try:
@@ -224,7 +223,7 @@ class PeerConnection:
 
     def __init__(
         self,
-        stream: trio.SSLStream[trio.abc.Stream],
+        stream: TlsStream,
         device_id: DeviceId,
         session: PeerSession,
         address: str,

@@ -109,6 +109,13 @@ class FrameDecoder:
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame body")
             return NEED_DATA
-        body = bytes(buf[HEADER.size : end])
+        # Unpack straight from the buffer (msgpack copies what it keeps), then drop
+        # the frame: one copy of a 1 MiB chunk fewer than slicing it out first.
+        with memoryview(buf) as view:
+            body = view[HEADER.size : end]
+            try:
+                value = _unpack(body)
+            finally:
+                body.release()
         del buf[:end]
-        return _unpack(body)
+        return value

@@ -16,8 +16,8 @@ from dizzy.protocol.errors import StorageError, TimedOut, UsageError
 from dizzy.protocol.ids import parse_object_id
 
 from .api import Call, ControlApi
-from .nurseries import open_helper_nursery
 from .context import DaemonContext
+from .nurseries import open_helper_nursery
 from .progress import ProgressCounter
 
 

@@ -10,6 +10,7 @@ small: a handshake loop, read, write, and close.
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from typing import Any
 
@@ -74,15 +75,15 @@ class TlsStream(trio.abc.Stream):
             except ssl.SSLWantReadError:
                 await self._flush()
                 if self._transport_eof:
-                    raise trio.BrokenResourceError("connection closed during the TLS handshake")
+                    raise trio.BrokenResourceError(
+                        "connection closed during the TLS handshake"
+                    ) from None
                 await self._fill()
                 continue
             except (ssl.SSLError, OSError) as exc:
                 # Send our alert (e.g. "unknown CA") so the peer learns why.
-                try:
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                     await self._flush()
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    pass
                 raise trio.BrokenResourceError(str(exc)) from exc
             await self._flush()
             return
@@ -144,10 +145,8 @@ class TlsStream(trio.abc.Stream):
             return
         self._closed = True
         try:
-            try:
+            with contextlib.suppress(ssl.SSLError, OSError):
                 self._ssl.unwrap()  # queues our close_notify
-            except (ssl.SSLError, OSError):
-                pass
             # Politeness only: skip it if a writer is stuck on the socket.
             if self._outgoing.pending and not self._send_lock.locked():
                 async with self._send_lock:

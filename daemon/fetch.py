@@ -13,6 +13,7 @@ before it is renamed into the store.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import sqlite3
@@ -298,6 +299,7 @@ class Fetcher:
                                     if i not in transfer.received)
         refused: dict[int, set[int]] = {}  # chunk -> ids of sources that sent it wrong
         recorder = _DurableRecorder(self.index, transfer)
+        disk_errors: list[OSError] = []
         try:
             while missing:
                 live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
@@ -316,13 +318,19 @@ class Fetcher:
                         )
                     continue
 
-                async def worker(source: _Source) -> None:
+                async def worker(source: _Source, scope: trio.CancelScope) -> None:
                     while not source.gone and source.bad_chunks < MAX_BAD_CHUNKS:
                         index = _take(missing, refused, id(source))
                         if index is None:
                             return
-                        outcome = await self._one_chunk(transfer, source, index, recorder,
-                                                        progress)
+                        try:
+                            outcome = await self._one_chunk(transfer, source, index, recorder,
+                                                            progress)
+                        except OSError as exc:  # our disk (full?): stop every worker
+                            missing.appendleft(index)
+                            disk_errors.append(exc)
+                            scope.cancel()
+                            return
                         if outcome == "bad":
                             refused.setdefault(index, set()).add(id(source))
                         if outcome != "ok":
@@ -331,9 +339,11 @@ class Fetcher:
                 async with trio.open_nursery() as nursery:
                     for source in live:
                         for _ in range(IN_FLIGHT_PER_SOURCE):
-                            nursery.start_soon(worker, source)
+                            nursery.start_soon(worker, source, nursery.cancel_scope)
+                if disk_errors:
+                    raise disk_errors[0]
         finally:
-            with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
                 await recorder.flush()
 
     async def _other_sources(self, object_id: str, known: list[_Source]) -> list[_Source]:

@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, settings
 
+from tests.daemons import DaemonProcess, running_daemon
+
 # The machines running this suite are shared and noisy: timing-based health checks and
 # per-example deadlines would fail tests for the machine's load, not for a defect.
 settings.register_profile(
     "dizzy", deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.load_profile("dizzy")
-
-from tests.daemons import DaemonProcess, running_daemon
 
 
 @pytest.fixture

@@ -57,12 +57,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    home = Home(resolve_home(args.home))
+    from dizzy.daemon.config import load_config
+
+    file_config = load_config(home.root)  # flags below override it
+    listen = args.listen or file_config.listen
     config = DaemonConfig(
-        home=Home(resolve_home(args.home)),
-        name=args.name,
-        listen=parse_hostport(args.listen, default_host="0.0.0.0") if args.listen else None,
-        static_peers=[parse_hostport(p) for p in args.peer],
-        mdns=not args.no_mdns,
+        home=home,
+        name=args.name or file_config.name,
+        listen=parse_hostport(listen, default_host="0.0.0.0") if listen else None,
+        static_peers=[parse_hostport(p) for p in [*file_config.peers, *args.peer]],
+        mdns=not args.no_mdns and file_config.mdns is not False,
     )
     trio.run(run_daemon, config)
     return 0
@@ -115,7 +120,8 @@ def cmd_get(args: argparse.Namespace) -> int:
         raise UsageError(f"output directory does not exist: {dest.absolute().parent}")
     bar = ProgressBar("get")
     try:
-        path = _client(args).get(object_id, dest, progress=bar)
+        path = _client(args).get(object_id, dest, progress=bar, timeout=args.timeout,
+                                 wait=args.wait)
     finally:
         bar.finish()
     if not args.output:
@@ -126,7 +132,7 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_cat(args: argparse.Namespace) -> int:
     object_id = parse_object_id(args.id)
     out = sys.stdout.buffer
-    with _client(args).open(object_id) as stream:
+    with _client(args).open(object_id, timeout=args.timeout, wait=args.wait) as stream:
         while block := stream.read1(1024 * 1024):
             out.write(block)
     out.flush()
@@ -219,10 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("get", help="write an object to a path")
     p.add_argument("id")
     p.add_argument("-o", "--output", metavar="PATH", help="where to write (default: ./ID)")
+    _fetch_options(p)
     p.set_defaults(func=cmd_get)
 
     p = sub.add_parser("cat", help="write an object's bytes to stdout")
     p.add_argument("id")
+    _fetch_options(p)
     p.set_defaults(func=cmd_cat)
 
     p = sub.add_parser("pair", help="pair with another device using a one-time code")
@@ -246,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
     for extend in _EXTENSIONS:
         extend(sub)
     return parser
+
+
+def _fetch_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--timeout", type=float, default=None, metavar="S",
+                   help="give up fetching from peers after S seconds (exit 6)")
+    p.add_argument("--wait", action="store_true",
+                   help="wait for a device that has the object to come online")
 
 
 #: later layers (peers, folders) add their subcommands here

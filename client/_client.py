@@ -60,10 +60,17 @@ class Client:
         dest: str | os.PathLike[str],
         *,
         progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        wait: bool = False,
     ) -> Path:
-        """Write object ``object_id`` to ``dest`` (a tree becomes a directory)."""
+        """Write object ``object_id`` to ``dest`` (a tree becomes a directory).
+
+        If it is not here it is fetched from paired peers: ``wait`` waits for one that
+        has it to come online; ``timeout`` (seconds) bounds the whole fetch.
+        """
         oid = parse_object_id(object_id)
-        result = self.call("get", {"id": oid, "dest": os.path.abspath(dest)}, progress=progress)
+        params = {"id": oid, "dest": os.path.abspath(dest), **_fetch_params(timeout, wait)}
+        result = self.call("get", params, progress=progress)
         return Path(result["path"])
 
     def peers(self) -> list[dict[str, Any]]:
@@ -75,22 +82,34 @@ class Client:
         info: dict[str, Any] = self.call("stat", {"id": parse_object_id(object_id)})
         return info
 
-    def open(self, object_id: str) -> io.BufferedReader:
+    def open(self, object_id: str, *, timeout: float | None = None,
+             wait: bool = False) -> io.BufferedReader:
         """A readable binary stream of the object's bytes, delivered as they come."""
         oid = parse_object_id(object_id)
-        return io.BufferedReader(_ObjectReader(self._connect(), oid), buffer_size=1024 * 1024)
+        reader = _ObjectReader(self._connect(), oid, _fetch_params(timeout, wait))
+        return io.BufferedReader(reader, buffer_size=1024 * 1024)
+
+
+def _fetch_params(timeout: float | None, wait: bool) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if timeout is not None:
+        params["timeout"] = float(timeout)
+    if wait:
+        params["wait"] = True
+    return params
 
 
 class _ObjectReader(io.RawIOBase):
     """Pulls ``cat`` data messages from the daemon as the reader consumes them."""
 
-    def __init__(self, conn: ControlConnection, object_id: str) -> None:
+    def __init__(self, conn: ControlConnection, object_id: str,
+                 params: dict[str, Any] | None = None) -> None:
         super().__init__()
         self._conn = conn
         self.object_id = object_id
         self._pending = memoryview(b"")
         self._done = False
-        conn.send_request("cat", {"id": object_id})
+        conn.send_request("cat", {"id": object_id, **(params or {})})
         # Surface "unknown ID" at open() rather than at the first read.
         self._fill()
 

@@ -72,7 +72,10 @@ class Call:
                 await trio.sleep(PROGRESS_INTERVAL)
                 if counter.done != last:
                     last = counter.done
-                    await self.send_progress(counter.done, counter.total, counter.what)
+                    try:
+                        await self.send_progress(counter.done, counter.total, counter.what)
+                    except Exception:
+                        return  # the client went away; the work itself will notice
 
         async with open_helper_nursery() as nursery:
             nursery.start_soon(report)

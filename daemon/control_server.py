@@ -141,6 +141,14 @@ async def _run_request(
         except Exception as exc:
             log.exception("control method %s failed", request.method)
             outcome = ErrorReply("internal", f"internal error in {request.method}: {exc}")
+        except BaseExceptionGroup as group:
+            # Cancellation mixed with the work's own errors.
+            cancelled, errors = group.split(trio.Cancelled)
+            if errors is not None and not hung_up:
+                log.error("control method %s failed", request.method, exc_info=errors)
+                outcome = ErrorReply("internal", f"internal error in {request.method}")
+            if cancelled is not None and not hung_up:
+                raise cancelled from None  # the daemon is shutting down
         finally:
             scope.cancel()
 

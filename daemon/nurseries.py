@@ -15,8 +15,13 @@ import trio
 
 
 def _single(exc: BaseException) -> BaseException:
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
+    while isinstance(exc, BaseExceptionGroup):
+        # A task cancelled while another failed: the failure is the news; the
+        # cancellation is only its echo.
+        real = [e for e in exc.exceptions if not isinstance(e, trio.Cancelled)]
+        if len(real) != 1:
+            return exc if len(exc.exceptions) != 1 else _single(exc.exceptions[0])
+        exc = real[0]
     return exc
 
 

@@ -61,7 +61,7 @@ def load_config(home: Path) -> FileConfig:
             raise UsageError(f"{where}: unknown setting {key!r} (known: {known})")
         if not isinstance(value, kind):
             raise UsageError(f"{where}: {key} must be a {kind.__name__}")
-        if key == "peers" and not all(isinstance(p, str) for p in value):
+        if isinstance(value, list) and not all(isinstance(p, str) for p in value):
             raise UsageError(f"{where}: peers must be a list of \"HOST:PORT\" strings")
         setattr(config, key, value)
     return config

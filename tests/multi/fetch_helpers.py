@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 import subprocess
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ __all__ = [
     "pid",
     "popen_cli",
     "put",
+    "quiet_counter",
+    "recorded_bytes",
     "run_cli",
     "stored_path",
     "wait_until",
@@ -110,6 +113,38 @@ def has_outboard(home: Path, object_id: str) -> bool:
         return False
     finally:
         conn.close()
+
+
+def recorded_bytes(home: Path, object_id: str) -> int:
+    """Bytes of the chunks a (stopped) receiver recorded as durably written."""
+    from dizzy.protocol.outboard import Outboard
+
+    conn = sqlite3.connect(f"file:{home / 'index.sqlite'}?mode=ro", uri=True, timeout=2.0)
+    try:
+        row = conn.execute("SELECT outboard FROM partials WHERE object_id = ?",
+                           (object_id,)).fetchone()
+        assert row is not None, f"no partial record of {object_id}"
+        chunks = Outboard.decode(bytes(row[0]), expected_object_id=object_id).chunks
+        return sum(chunks[i].length for (i,) in conn.execute(
+            "SELECT idx FROM partial_chunks WHERE object_id = ?", (object_id,)))
+    finally:
+        conn.close()
+
+
+def quiet_counter(pid: int, key: str, quiet: float = 0.3, timeout: float = 10.0) -> int:
+    """An ``io_counter`` once it has stopped moving for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last = io_counter(pid, key)
+    still_since = time.monotonic()
+    while True:
+        time.sleep(0.05)
+        value = io_counter(pid, key)
+        if value != last:
+            last, still_since = value, time.monotonic()
+        elif time.monotonic() - still_since >= quiet:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{key} of {pid} kept moving for {timeout:g} s")
 
 
 def popen_cli(home: Path, *args: str) -> subprocess.Popen[bytes]:

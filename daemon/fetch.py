@@ -42,11 +42,15 @@ log = logging.getLogger("dizzy.fetch")
 
 #: chunk requests in flight per source: enough to hide a round trip behind ~8 MiB of
 #: data on a LAN, few enough that one peer cannot be asked for a whole object at once
-IN_FLIGHT_PER_SOURCE = 16
+IN_FLIGHT_PER_SOURCE = 8
 #: received chunks are made durable (fdatasync + index row) at least this often...
 DURABLE_EVERY_BYTES = 32 * 1024 * 1024
 #: ...or this many seconds, whichever first: a kill loses at most this much work
 DURABLE_EVERY_SECONDS = 0.5
+#: landed chunks get their (unsynced) record this often, in chunks or seconds: a killed
+#: daemon refetches only what landed since, plus what was in flight
+ROWS_EVERY_CHUNKS = 4
+ROWS_EVERY_SECONDS = 0.05
 #: a peer asked "do you have it?" must answer this soon
 STAT_TIMEOUT = 10.0
 #: without --wait, how long a transfer whose sources all vanished waits for one to return
@@ -239,7 +243,16 @@ class Fetcher:
         row = await self.index.call(_load_partial, object_id)
         if row is not None:
             outboard = Outboard.decode(row[0], expected_object_id=object_id)
-            return outboard, row[1]
+            received = row[1]
+            if row[2]:
+                good = await trio.to_thread.run_sync(
+                    _check_unsynced, self.home.partial / object_id, outboard, row[2]
+                )
+                lost = sorted(row[2] - good)
+                if lost:
+                    await self.index.call(_forget_chunks, object_id, lost)
+                received |= good
+            return outboard, received
         last: Exception | None = None
         for source in sources:
             try:
@@ -266,7 +279,8 @@ class Fetcher:
         transfer = Transfer(object_id, outboard, path, fd, received)
         self.transfers[object_id] = transfer
         progress.total = outboard.size
-        progress.done += sum(outboard.chunks[i].length for i in received)
+        already = sum(outboard.chunks[i].length for i in received)
+        progress.done += already
         if received:
             log.info("resuming %s: %d of %d chunks already here", object_id, len(received),
                      len(outboard.chunks))
@@ -288,8 +302,9 @@ class Fetcher:
             transfer.done.set()
             transfer.notify()
         elapsed = time.monotonic() - started
-        log.info("fetched %s (%d bytes) in %.2f s, %.0f MB/s", object_id, outboard.size, elapsed,
-                 outboard.size / max(elapsed, 1e-6) / 1e6)
+        fetched = outboard.size - already
+        log.info("fetched %s: %d bytes in %.2f s, %.0f MB/s (%d bytes were already here)",
+                 object_id, fetched, elapsed, fetched / max(elapsed, 1e-6) / 1e6, already)
         return delivered
 
     async def _fill(self, transfer: Transfer, sources: list[_Source], wait: bool,
@@ -472,42 +487,97 @@ def _verify_and_write(fd: int, offset: int, length: int, expected: bytes, data: 
 
 
 class _DurableRecorder:
-    """Batches 'chunk i is on disk' records: fdatasync the data, then commit the rows."""
+    """Records landed chunks in two steps, so a kill loses almost nothing and a power
+    cut never leaves a record naming bytes that are not on disk.
+
+    Every few chunks their rows are written with ``synced = 0`` (cheap: a WAL append).
+    Every DURABLE_EVERY_BYTES or _SECONDS the partial file is fdatasync'ed and those
+    rows become ``synced = 1``.  At resume, synced chunks are trusted as they are and
+    the few unsynced ones (at most one durability batch) are checked by hash.
+    """
 
     def __init__(self, index: Index, transfer: Transfer) -> None:
         self.index = index
         self.transfer = transfer
-        self.pending: list[int] = []
-        self.pending_bytes = 0
-        self.last_flush = time.monotonic()
+        self.unrecorded: list[int] = []
+        self.unsynced: list[int] = []
+        self.unsynced_bytes = 0
+        self.last_rows = time.monotonic()
+        self.last_sync = time.monotonic()
         self._lock = trio.Lock()
 
     async def add(self, chunk: int, length: int) -> None:
-        self.pending.append(chunk)
-        self.pending_bytes += length
-        if (self.pending_bytes >= DURABLE_EVERY_BYTES
-                or time.monotonic() - self.last_flush >= DURABLE_EVERY_SECONDS):
+        self.unrecorded.append(chunk)
+        self.unsynced.append(chunk)
+        self.unsynced_bytes += length
+        now = time.monotonic()
+        if (self.unsynced_bytes >= DURABLE_EVERY_BYTES
+                or now - self.last_sync >= DURABLE_EVERY_SECONDS):
             await self.flush()
+        elif (len(self.unrecorded) >= ROWS_EVERY_CHUNKS
+              or now - self.last_rows >= ROWS_EVERY_SECONDS):
+            await self._write_rows()
+
+    async def _write_rows(self) -> None:
+        async with self._lock:
+            if self.unrecorded:
+                batch, self.unrecorded = self.unrecorded, []
+                self.last_rows = time.monotonic()
+                await self.index.call(_record_chunks, self.transfer.object_id, batch)
 
     async def flush(self) -> None:
+        await self._write_rows()
         async with self._lock:
-            if not self.pending:
+            if not self.unsynced:
                 return
-            batch, self.pending, self.pending_bytes = self.pending, [], 0
-            self.last_flush = time.monotonic()
-            # Data first, then the record: a record never names bytes a crash could lose.
+            batch, self.unsynced, self.unsynced_bytes = self.unsynced, [], 0
+            self.last_sync = time.monotonic()
+            # Data first, then the mark: a synced record never names bytes a crash lost.
             await trio.to_thread.run_sync(os.fdatasync, self.transfer.fd)
-            await self.index.call(_record_chunks, self.transfer.object_id, batch)
+            await self.index.call(_mark_synced, self.transfer.object_id, batch)
 
 
-def _load_partial(conn: sqlite3.Connection, object_id: str) -> tuple[bytes, set[int]] | None:
+def _load_partial(conn: sqlite3.Connection, object_id: str
+                  ) -> tuple[bytes, set[int], set[int]] | None:
     row = conn.execute("SELECT outboard FROM partials WHERE object_id = ?",
                        (object_id,)).fetchone()
     if row is None:
         return None
-    chunks = {r[0] for r in conn.execute(
-        "SELECT idx FROM partial_chunks WHERE object_id = ?", (object_id,))}
-    return bytes(row[0]), chunks
+    synced: set[int] = set()
+    unsynced: set[int] = set()
+    for idx, flag in conn.execute(
+            "SELECT idx, synced FROM partial_chunks WHERE object_id = ?", (object_id,)):
+        (synced if flag else unsynced).add(idx)
+    return bytes(row[0]), synced, unsynced
+
+
+def _check_unsynced(path: Path, outboard: Outboard, chunks: set[int]) -> set[int]:
+    """The unsynced chunks whose bytes did reach the partial file intact."""
+    good: set[int] = set()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return good
+    try:
+        for index in chunks:
+            ref = outboard.chunks[index]
+            if blake3.blake3(os.pread(fd, ref.length, ref.offset)).digest() == ref.hash:
+                good.add(index)
+    finally:
+        os.close(fd)
+    return good
+
+
+def _forget_chunks(conn: sqlite3.Connection, object_id: str, chunks: list[int]) -> None:
+    with conn:
+        conn.executemany("DELETE FROM partial_chunks WHERE object_id = ? AND idx = ?",
+                         [(object_id, i) for i in chunks])
+
+
+def _mark_synced(conn: sqlite3.Connection, object_id: str, chunks: list[int]) -> None:
+    with conn:
+        conn.executemany("UPDATE partial_chunks SET synced = 1 WHERE object_id = ? AND idx = ?",
+                         [(object_id, i) for i in chunks])
 
 
 def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes) -> None:

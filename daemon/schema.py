@@ -41,9 +41,12 @@ STATEMENTS += [
         outboard BLOB NOT NULL,
         started REAL NOT NULL
     )""",
+    # synced = 0: written, in the page cache, maybe not on disk (survives a killed
+    # daemon, perhaps not a power cut: checked by hash at resume); 1: fdatasync'ed.
     """CREATE TABLE IF NOT EXISTS partial_chunks (
         object_id TEXT NOT NULL,
         idx INTEGER NOT NULL,
+        synced INTEGER NOT NULL DEFAULT 0,
         PRIMARY KEY (object_id, idx)
     ) WITHOUT ROWID""",
 ]

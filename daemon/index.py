@@ -41,6 +41,7 @@ class Index:
         with conn:
             for stmt in schema.STATEMENTS:
                 conn.execute(stmt)
+            schema.migrate(conn)
         return cls(conn, path)
 
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 SCHEMA_VERSION = 1
 
 STATEMENTS: list[str] = [
@@ -50,3 +52,17 @@ STATEMENTS += [
         PRIMARY KEY (object_id, idx)
     ) WITHOUT ROWID""",
 ]
+
+
+#: columns added after a table first shipped: (table, column, definition)
+ADDED_COLUMNS: list[tuple[str, str, str]] = [
+    ("partial_chunks", "synced", "INTEGER NOT NULL DEFAULT 0"),
+]
+
+
+def migrate(conn: Any) -> None:
+    """Bring an index made by an older dizzy up to date (add what is missing)."""
+    for table, column, definition in ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")

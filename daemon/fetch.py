@@ -49,7 +49,7 @@ DURABLE_EVERY_BYTES = 32 * 1024 * 1024
 DURABLE_EVERY_SECONDS = 0.5
 #: landed chunks get their (unsynced) record this often, in chunks or seconds: a killed
 #: daemon refetches only what landed since, plus what was in flight
-ROWS_EVERY_CHUNKS = 4
+ROWS_EVERY_CHUNKS = 1
 ROWS_EVERY_SECONDS = 0.05
 #: a peer asked "do you have it?" must answer this soon
 STAT_TIMEOUT = 10.0

@@ -12,7 +12,7 @@ import trio
 
 from dizzy import __version__
 from dizzy.protocol.control import DATA_BLOCK
-from dizzy.protocol.errors import StorageError, TimedOut, UsageError
+from dizzy.protocol.errors import DizzyError, StorageError, TimedOut, UsageError
 from dizzy.protocol.ids import parse_object_id
 
 from .api import Call, ControlApi
@@ -136,7 +136,6 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
     async def _cat_while_fetching(call: Call, object_id: str, fetcher: Any,
                                   fetch: Any) -> dict[str, Any]:
         """Stream a remote object in order, each chunk as soon as it is verified."""
-        result: dict[str, Any] = {}
         async with open_helper_nursery() as nursery:
             fetch_done = trio.Event()
             failure: list[BaseException] = []
@@ -150,35 +149,41 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
                     fetch_done.set()
 
             nursery.start_soon(run_fetch)
-            offset = 0
-            index = 0
-            while True:
-                transfer = fetcher.transfers.get(object_id)
-                if transfer is None:
-                    if fetch_done.is_set():
-                        if failure:
-                            raise failure[0]
-                        break  # complete: the rest comes from the store
-                    await trio.sleep(0.01)
-                    continue
-                chunks = transfer.outboard.chunks
-                if index >= len(chunks):
-                    await transfer.done.wait()
-                    continue
-                if index in transfer.received:
-                    ref = chunks[index]
-                    data = await trio.to_thread.run_sync(os.pread, transfer.fd, ref.length,
-                                                         ref.offset)
+            # Wait for the transfer to begin (or the fetch to end: tree, error, done).
+            while (transfer := fetcher.transfers.get(object_id)) is None:
+                if fetch_done.is_set():
+                    if failure:
+                        raise failure[0]
+                    return await _cat_local(call, object_id, 0)
+                await trio.sleep(0.01)
+            try:
+                # Our own descriptor: it stays valid when the finished partial file is
+                # renamed into the store, and the transfer's own is closed.
+                fd = os.open(transfer.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:  # finished between the two lines above
+                await fetch_done.wait()
+                if failure:
+                    raise failure[0] from None
+                return await _cat_local(call, object_id, 0)
+            sent = 0
+            try:
+                for index, ref in enumerate(transfer.outboard.chunks):
+                    while index not in transfer.received:
+                        if transfer.done.is_set():
+                            await fetch_done.wait()
+                            raise failure[0] if failure else DizzyError(
+                                f"fetching {object_id} stopped"
+                            )
+                        await transfer.landed.wait()
+                    data = await trio.to_thread.run_sync(os.pread, fd, ref.length, ref.offset)
                     await call.send_data(data)
-                    offset += len(data)
-                    index += 1
-                    continue
-                if transfer.done.is_set():
-                    await fetch_done.wait()
-                    continue
-                await transfer.landed.wait()
-            result = await _cat_local(call, object_id, offset)
-        return result
+                    sent += len(data)
+            finally:
+                os.close(fd)
+            await fetch_done.wait()
+            if failure:
+                raise failure[0]
+        return {"id": object_id, "size": sent}
 
     async def stat(call: Call) -> dict[str, Any]:
         object_id = parse_object_id(call.param("id", str))

@@ -33,10 +33,11 @@ from dizzy.protocol.outboard import Outboard
 from .fsutil import fsync_dir, remove_quietly, storage_error
 from .home import Home
 from .index import Index
+from .nurseries import open_helper_nursery
 from .outboards import Outboards
 from .peers import PeerGone, PeerLink, PeerManager, RemoteError
 from .progress import ProgressCounter
-from .store import _UMASK, ObjectStore, _hash_window
+from .store import _UMASK, ObjectStore, _hash_window, start_writeback
 
 log = logging.getLogger("dizzy.fetch")
 
@@ -47,10 +48,6 @@ IN_FLIGHT_PER_SOURCE = 8
 DURABLE_EVERY_BYTES = 32 * 1024 * 1024
 #: ...or this many seconds, whichever first: a kill loses at most this much work
 DURABLE_EVERY_SECONDS = 0.5
-#: landed chunks get their (unsynced) record this often, in chunks or seconds: a killed
-#: daemon refetches only what landed since, plus what was in flight
-ROWS_EVERY_CHUNKS = 1
-ROWS_EVERY_SECONDS = 0.05
 #: a peer asked "do you have it?" must answer this soon
 STAT_TIMEOUT = 10.0
 #: without --wait, how long a transfer whose sources all vanished waits for one to return
@@ -316,50 +313,60 @@ class Fetcher:
         recorder = _DurableRecorder(self.index, transfer)
         disk_errors: list[OSError] = []
         try:
-            while missing:
-                live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
-                if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
-                    if any(len(refused.get(i, ())) >= len(sources) for i in missing):
-                        # Every source we have sent some chunk wrong: any other device?
-                        others = await self._other_sources(transfer.object_id, sources)
-                        if not others:
-                            raise CorruptData(
-                                f"every source sent corrupt data for {transfer.object_id}"
-                            )
-                        sources = sources + others
-                    else:
-                        sources = await self._replacement_sources(
-                            transfer.object_id, sources, wait
-                        )
-                    continue
-
-                async def worker(source: _Source, scope: trio.CancelScope) -> None:
-                    while not source.gone and source.bad_chunks < MAX_BAD_CHUNKS:
-                        index = _take(missing, refused, id(source))
-                        if index is None:
-                            return
-                        try:
-                            outcome = await self._one_chunk(transfer, source, index, recorder,
-                                                            progress)
-                        except OSError as exc:  # our disk (full?): stop every worker
-                            missing.appendleft(index)
-                            disk_errors.append(exc)
-                            scope.cancel()
-                            return
-                        if outcome == "bad":
-                            refused.setdefault(index, set()).add(id(source))
-                        if outcome != "ok":
-                            missing.appendleft(index)
-
-                async with trio.open_nursery() as nursery:
-                    for source in live:
-                        for _ in range(IN_FLIGHT_PER_SOURCE):
-                            nursery.start_soon(worker, source, nursery.cancel_scope)
-                if disk_errors:
-                    raise disk_errors[0]
+            async with open_helper_nursery() as background:
+                background.start_soon(recorder.run, disk_errors, background.cancel_scope)
+                await self._fill_loop(transfer, sources, wait, progress, missing, refused,
+                                      recorder, disk_errors)
+                background.cancel_scope.cancel()
+            if disk_errors:
+                raise disk_errors[0]
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError):
                 await recorder.flush()
+
+    async def _fill_loop(self, transfer: Transfer, sources: list[_Source], wait: bool,
+                         progress: ProgressCounter, missing: collections.deque[int],
+                         refused: dict[int, set[int]], recorder: _DurableRecorder,
+                         disk_errors: list[OSError]) -> None:
+        while missing and not disk_errors:
+            live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
+            if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
+                if any(len(refused.get(i, ())) >= len(sources) for i in missing):
+                    # Every source we have sent some chunk wrong: any other device?
+                    others = await self._other_sources(transfer.object_id, sources)
+                    if not others:
+                        raise CorruptData(
+                            f"every source sent corrupt data for {transfer.object_id}"
+                        )
+                    sources = sources + others
+                else:
+                    sources = await self._replacement_sources(
+                        transfer.object_id, sources, wait
+                    )
+                continue
+
+            async def worker(source: _Source, scope: trio.CancelScope) -> None:
+                while not source.gone and source.bad_chunks < MAX_BAD_CHUNKS:
+                    index = _take(missing, refused, id(source))
+                    if index is None:
+                        return
+                    try:
+                        outcome = await self._one_chunk(transfer, source, index, recorder,
+                                                        progress)
+                    except OSError as exc:  # our disk (full?): stop every worker
+                        missing.appendleft(index)
+                        disk_errors.append(exc)
+                        scope.cancel()
+                        return
+                    if outcome == "bad":
+                        refused.setdefault(index, set()).add(id(source))
+                    if outcome != "ok":
+                        missing.appendleft(index)
+
+            async with trio.open_nursery() as nursery:
+                for source in live:
+                    for _ in range(IN_FLIGHT_PER_SOURCE):
+                        nursery.start_soon(worker, source, nursery.cancel_scope)
 
     async def _other_sources(self, object_id: str, known: list[_Source]) -> list[_Source]:
         try:
@@ -414,7 +421,7 @@ class Fetcher:
         transfer.received.add(index)
         progress.done += ref.length
         transfer.notify()
-        await recorder.add(index, ref.length)
+        recorder.add(index, ref.length)
         return "ok"
 
     def _complete(self, transfer: Transfer, deliver_to: Path | None) -> bool:
@@ -483,58 +490,79 @@ def _verify_and_write(fd: int, offset: int, length: int, expected: bytes, data: 
     written = 0
     while written < length:
         written += os.pwrite(fd, view[written:], offset + written)
+    start_writeback(fd, offset, length)  # so the periodic fdatasync finds little to do
     return True
 
 
 class _DurableRecorder:
-    """Records landed chunks in two steps, so a kill loses almost nothing and a power
-    cut never leaves a record naming bytes that are not on disk.
+    """Records landed chunks in two steps, in the background, so the workers never wait
+    for the disk, a kill loses almost nothing, and a power cut never leaves a record
+    naming bytes that are not on disk.
 
-    Every few chunks their rows are written with ``synced = 0`` (cheap: a WAL append).
-    Every DURABLE_EVERY_BYTES or _SECONDS the partial file is fdatasync'ed and those
-    rows become ``synced = 1``.  At resume, synced chunks are trusted as they are and
-    the few unsynced ones (at most one durability batch) are checked by hash.
+    As soon as chunks land their rows are written with ``synced = 0`` (a WAL append).
+    Every DURABLE_EVERY_BYTES or _SECONDS the partial file is fdatasync'ed and the rows
+    written before that become ``synced = 1``.  At resume, synced chunks are trusted as
+    they are; the few unsynced ones (at most one batch) are checked by hash.
     """
 
     def __init__(self, index: Index, transfer: Transfer) -> None:
         self.index = index
         self.transfer = transfer
-        self.unrecorded: list[int] = []
-        self.unsynced: list[int] = []
+        self.unrecorded: list[tuple[int, int]] = []  # (chunk, length)
+        self.recorded_unsynced: list[int] = []
         self.unsynced_bytes = 0
-        self.last_rows = time.monotonic()
         self.last_sync = time.monotonic()
+        self._landed = trio.Event()
         self._lock = trio.Lock()
 
-    async def add(self, chunk: int, length: int) -> None:
-        self.unrecorded.append(chunk)
-        self.unsynced.append(chunk)
-        self.unsynced_bytes += length
-        now = time.monotonic()
-        if (self.unsynced_bytes >= DURABLE_EVERY_BYTES
-                or now - self.last_sync >= DURABLE_EVERY_SECONDS):
-            await self.flush()
-        elif (len(self.unrecorded) >= ROWS_EVERY_CHUNKS
-              or now - self.last_rows >= ROWS_EVERY_SECONDS):
-            await self._write_rows()
+    def add(self, chunk: int, length: int) -> None:
+        self.unrecorded.append((chunk, length))
+        self._landed.set()
+
+    async def run(self, errors: list[OSError], scope: trio.CancelScope) -> None:
+        """The background work; a disk error stops the whole transfer through ``scope``."""
+
+        async def rows() -> None:
+            while True:
+                await self._landed.wait()
+                self._landed = trio.Event()
+                await self._write_rows()
+
+        async def syncs() -> None:
+            while True:
+                await trio.sleep(DURABLE_EVERY_SECONDS / 5)
+                if (self.unsynced_bytes >= DURABLE_EVERY_BYTES
+                        or time.monotonic() - self.last_sync >= DURABLE_EVERY_SECONDS):
+                    await self._sync()
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(rows)
+                nursery.start_soon(syncs)
+        except* OSError as group:
+            errors.extend(e for e in group.exceptions if isinstance(e, OSError))
+            scope.cancel()
 
     async def _write_rows(self) -> None:
         async with self._lock:
             if self.unrecorded:
                 batch, self.unrecorded = self.unrecorded, []
-                self.last_rows = time.monotonic()
-                await self.index.call(_record_chunks, self.transfer.object_id, batch)
+                await self.index.call(_record_chunks, self.transfer.object_id,
+                                      [chunk for chunk, _ in batch])
+                self.recorded_unsynced.extend(chunk for chunk, _ in batch)
+                self.unsynced_bytes += sum(length for _, length in batch)
 
-    async def flush(self) -> None:
-        await self._write_rows()
-        async with self._lock:
-            if not self.unsynced:
-                return
-            batch, self.unsynced, self.unsynced_bytes = self.unsynced, [], 0
-            self.last_sync = time.monotonic()
+    async def _sync(self) -> None:
+        batch, self.recorded_unsynced, self.unsynced_bytes = self.recorded_unsynced, [], 0
+        self.last_sync = time.monotonic()
+        if batch:
             # Data first, then the mark: a synced record never names bytes a crash lost.
             await trio.to_thread.run_sync(os.fdatasync, self.transfer.fd)
             await self.index.call(_mark_synced, self.transfer.object_id, batch)
+
+    async def flush(self) -> None:
+        await self._write_rows()
+        await self._sync()
 
 
 def _load_partial(conn: sqlite3.Connection, object_id: str

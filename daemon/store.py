@@ -10,6 +10,7 @@ threads; ``ObjectStore`` methods prefixed ``sync_`` must not be called from trio
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import mmap
 import os
@@ -63,6 +64,30 @@ def _hash_window(hasher: Any, fd: int, offset: int, length: int) -> None:
         hasher.update(window)
 
 
+def _load_sync_file_range() -> Any:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.sync_file_range
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    return fn
+
+
+_SYNC_FILE_RANGE = _load_sync_file_range()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing this range to disk now (Linux; no-op elsewhere).
+
+    The final fsync then finds most pages already written instead of flushing the whole
+    object at the end: the disk works while we are still copying.
+    """
+    if _SYNC_FILE_RANGE is not None:
+        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
 def _copy_segment(src: int, dst: int, use_kernel: list[bool]) -> int:
     """Append up to one segment of src to dst; 0 at end of file."""
     if use_kernel[0]:
@@ -87,6 +112,7 @@ class ObjectStore:
         # (blake3 spreads one large update over all cores by itself.)
         self._hash_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dizzy-hash")
         self._known_dirs: set[str] = set()
+        self.early_writeback = os.environ.get("DIZZY_EARLY_WRITEBACK", "1") != "0"
         self._dir_lock = threading.Lock()
 
     def close(self) -> None:
@@ -160,6 +186,8 @@ class ObjectStore:
                     break
                 if pending is not None:
                     pending.result()
+                if self.early_writeback:
+                    start_writeback(dst, offset, n)
                 pending = self._hash_pool.submit(_hash_window, hasher, dst, offset, n)
                 offset += n
                 progress.done += n

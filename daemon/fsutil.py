@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import secrets
@@ -49,3 +50,48 @@ def remove_quietly(path: Path) -> None:
         import shutil
 
         shutil.rmtree(path, ignore_errors=True)
+
+
+class TempFile:
+    """A temp file that is removed, and its descriptor closed, unless ``keep()``.
+
+    Used as ``with TempFile(path, doing) as tmp:``; an ``OSError`` inside becomes the
+    one-line ``storage_error`` for ``doing``.  ``close()`` is idempotent, so a
+    descriptor is never closed twice (a second close could hit a reused number that
+    another thread now owns).
+    """
+
+    def __init__(self, path: Path, doing: str, mode: int = 0o600) -> None:
+        self.path = path
+        self.doing = doing
+        try:
+            self.fd: int | None = os.open(
+                path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode
+            )
+        except OSError as exc:
+            raise storage_error(exc, doing) from exc
+        self._kept = False
+
+    def fileno(self) -> int:
+        assert self.fd is not None, "temp file already closed"
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            fd, self.fd = self.fd, None
+            os.close(fd)
+
+    def keep(self) -> None:
+        """It was renamed into place: do not remove it on exit."""
+        self._kept = True
+
+    def __enter__(self) -> TempFile:
+        return self
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> None:
+        with contextlib.suppress(OSError):
+            self.close()
+        if not self._kept:
+            remove_quietly(self.path)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, self.doing) from exc

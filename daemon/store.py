@@ -9,7 +9,6 @@ threads; ``ObjectStore`` methods prefixed ``sync_`` must not be called from trio
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import errno
 import mmap
@@ -30,7 +29,7 @@ import blake3
 from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, StorageError, UsageError
 from dizzy.protocol.manifest import TreeEntry, TreeManifest
 
-from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
+from .fsutil import TempFile, fsync_dir, remove_quietly, storage_error, temp_name_beside
 from .home import Home
 from .index import Index
 from .progress import CancelFlag, ProgressCounter
@@ -161,10 +160,8 @@ class ObjectStore:
 
     # -- writing -------------------------------------------------------------------
 
-    def _new_temp(self) -> tuple[Path, int]:
-        path = self.home.tmp / f"in-{secrets.token_hex(8)}.tmp"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        return path, fd
+    def _new_temp(self, doing: str) -> TempFile:
+        return TempFile(self.home.tmp / f"in-{secrets.token_hex(8)}.tmp", doing)
 
     def _copy_and_hash(
         self, src: int, dst: int, progress: ProgressCounter, cancel: CancelFlag
@@ -196,18 +193,16 @@ class ObjectStore:
                 pending.result()
         return hasher.hexdigest(), offset
 
-    def _commit(self, tmp: Path, fd: int, object_id: str, size: int, kind: ObjectKind) -> str:
+    def _commit(self, tmp: TempFile, object_id: str, size: int, kind: ObjectKind) -> str:
         """fsync the temp copy and rename it into the store under its ID."""
-        os.fsync(fd)
-        os.close(fd)
+        os.fsync(tmp.fileno())
+        tmp.close()
         final = self.object_path(object_id)
-        if final.exists():
-            # Same content already stored: keep one copy.
-            remove_quietly(tmp)
-        else:
+        if not final.exists():  # else: same content already stored, keep one copy
             self._ensure_dir(final.parent)
-            os.chmod(tmp, 0o444)  # stored objects are immutable
-            os.rename(tmp, final)
+            os.chmod(tmp.path, 0o444)  # stored objects are immutable
+            os.rename(tmp.path, final)
+            tmp.keep()
             fsync_dir(final.parent)
         now = time.time()
         self.index.call_sync(
@@ -226,21 +221,12 @@ class ObjectStore:
             self._known_dirs.add(path.name)
 
     def sync_put_bytes(self, data: bytes, kind: ObjectKind) -> str:
-        tmp, fd = self._new_temp()
-        try:
+        with self._new_temp("writing to the object store") as tmp:
             view = memoryview(data)
             while view:
-                view = view[os.write(fd, view) :]
+                view = view[os.write(tmp.fileno(), view) :]
             object_id = blake3.blake3(data).hexdigest()
-            return self._commit(tmp, fd, object_id, len(data), kind)
-        except OSError as exc:
-            _close_quietly(fd)
-            remove_quietly(tmp)
-            raise storage_error(exc, "writing to the object store") from exc
-        except BaseException:
-            _close_quietly(fd)
-            remove_quietly(tmp)
-            raise
+            return self._commit(tmp, object_id, len(data), kind)
 
     def sync_put_file(
         self, src: Path, progress: ProgressCounter, cancel: CancelFlag
@@ -253,21 +239,12 @@ class ObjectStore:
             before = os.fstat(src_fd)
             if not stat.S_ISREG(before.st_mode):
                 raise UsageError(f"not a regular file: {src}")
-            tmp, fd = self._new_temp()
-            try:
-                object_id, size = self._copy_and_hash(src_fd, fd, progress, cancel)
+            with self._new_temp(f"storing {src}") as tmp:
+                object_id, size = self._copy_and_hash(src_fd, tmp.fileno(), progress, cancel)
                 after = os.fstat(src_fd)
                 if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                     raise StorageError(f"{src} changed while being stored; nothing was stored")
-                return self._commit(tmp, fd, object_id, size, "blob"), size
-            except OSError as exc:
-                _close_quietly(fd)
-                remove_quietly(tmp)
-                raise storage_error(exc, f"storing {src}") from exc
-            except BaseException:
-                _close_quietly(fd)
-                remove_quietly(tmp)
-                raise
+                return self._commit(tmp, object_id, size, "blob"), size
         finally:
             os.close(src_fd)
 
@@ -390,34 +367,24 @@ class ObjectStore:
     def _export_blob(
         self, object_id: str, dest: Path, mode: int, progress: ProgressCounter, cancel: CancelFlag
     ) -> None:
-        tmp = temp_name_beside(dest)
         src_fd = os.open(self.object_path(object_id), os.O_RDONLY | os.O_CLOEXEC)
-        fd = -1
         try:
-            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            # Verify what we wrote: bit rot in the store must not reach the user's
-            # file silently.
-            got, _size = self._copy_and_hash(src_fd, fd, progress, cancel)
-            if got != object_id:
-                raise CorruptData(
-                    f"stored object {object_id} is corrupt (its bytes hash to {got[:16]}...)"
-                )
-            os.fchmod(fd, mode)
-            os.fsync(fd)
-            os.close(fd)
-            fd = -1
-            os.rename(tmp, dest)
-            fsync_dir(dest.parent)
-        except OSError as exc:
-            remove_quietly(tmp)
-            raise storage_error(exc, f"writing {dest}") from exc
-        except BaseException:
-            remove_quietly(tmp)
-            raise
+            with TempFile(temp_name_beside(dest), f"writing {dest}") as tmp:
+                # Verify what we wrote: bit rot in the store must not reach the user's
+                # file silently.
+                got, _size = self._copy_and_hash(src_fd, tmp.fileno(), progress, cancel)
+                if got != object_id:
+                    raise CorruptData(
+                        f"stored object {object_id} is corrupt (its bytes hash to {got[:16]}...)"
+                    )
+                os.fchmod(tmp.fileno(), mode)
+                os.fsync(tmp.fileno())
+                tmp.close()
+                os.rename(tmp.path, dest)
+                tmp.keep()
+                fsync_dir(dest.parent)
         finally:
             os.close(src_fd)
-            if fd >= 0:
-                _close_quietly(fd)
 
     def _export_tree(
         self,
@@ -464,8 +431,3 @@ def _read_umask() -> int:
 
 
 _UMASK = _read_umask()
-
-
-def _close_quietly(fd: int) -> None:
-    with contextlib.suppress(OSError):
-        os.close(fd)

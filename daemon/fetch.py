@@ -37,7 +37,7 @@ from .nurseries import open_helper_nursery
 from .outboards import Outboards
 from .peers import PeerGone, PeerLink, PeerManager, RemoteError
 from .progress import ProgressCounter
-from .store import _UMASK, ObjectStore, _hash_window, start_writeback
+from .store import UMASK, ObjectStore, hash_window, start_writeback
 
 log = logging.getLogger("dizzy.fetch")
 
@@ -435,7 +435,7 @@ class Fetcher:
         hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
         window = 64 * 1024 * 1024
         for offset in range(0, size, window):
-            _hash_window(hasher, transfer.fd, offset, min(window, size - offset))
+            hash_window(hasher, transfer.fd, offset, min(window, size - offset))
         if hasher.hexdigest() != object_id:
             # Every chunk matched the outboard, so the outboard itself lied: start over.
             self.index.call_sync(_drop_partial, object_id)
@@ -445,7 +445,7 @@ class Fetcher:
         os.fsync(transfer.fd)
         if deliver_to is not None and _same_fs(transfer.path, deliver_to.parent) and \
                 not deliver_to.is_dir():
-            os.fchmod(transfer.fd, 0o644 & ~_UMASK)
+            os.fchmod(transfer.fd, 0o644 & ~UMASK)
             os.rename(transfer.path, deliver_to)
             fsync_dir(deliver_to.parent)
             self.index.call_sync(_drop_partial, object_id)

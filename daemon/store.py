@@ -56,7 +56,7 @@ class PutResult:
     skipped: tuple[str, ...] = ()
 
 
-def _hash_window(hasher: Any, fd: int, offset: int, length: int) -> None:
+def hash_window(hasher: Any, fd: int, offset: int, length: int) -> None:
     # A window of the file we just wrote, mapped only while it is hashed: no copy into
     # Python, and the daemon's resident memory stays at one segment, not the file.
     with mmap.mmap(fd, length, offset=offset, access=mmap.ACCESS_READ) as window:
@@ -185,7 +185,7 @@ class ObjectStore:
                     pending.result()
                 if self.early_writeback:
                     start_writeback(dst, offset, n)
-                pending = self._hash_pool.submit(_hash_window, hasher, dst, offset, n)
+                pending = self._hash_pool.submit(hash_window, hasher, dst, offset, n)
                 offset += n
                 progress.done += n
         finally:
@@ -345,7 +345,7 @@ class ObjectStore:
             if dest.is_dir():
                 raise UsageError(f"output path is a directory: {dest}")
             progress.total = size
-            self._export_blob(object_id, dest, 0o644 & ~_UMASK, progress, cancel)
+            self._export_blob(object_id, dest, 0o644 & ~UMASK, progress, cancel)
             return dest
         if dest.exists() or dest.is_symlink():
             raise UsageError(f"output path already exists: {dest}")
@@ -430,4 +430,4 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+UMASK = _read_umask()

@@ -128,14 +128,20 @@ class Fetcher:
         return "delivered" if delivered else "blob"
 
     async def resume_all(self) -> None:
-        """At start-up: continue every transfer a previous run left unfinished."""
+        """At start-up: continue every transfer a previous run left unfinished, each
+        waiting on its own for a device that has it."""
         rows = await self.index.execute("SELECT object_id FROM partials")
-        for (object_id,) in rows:
+
+        async def resume(object_id: str) -> None:
             try:
                 await self.ensure_local(object_id, wait=True)
                 log.info("resumed and finished fetching %s", object_id)
-            except DizzyError as exc:
+            except Exception as exc:  # one transfer's trouble must not stop the daemon
                 log.warning("could not resume fetching %s: %s", object_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for (object_id,) in rows:
+                nursery.start_soon(resume, object_id)
 
     # -- sources ---------------------------------------------------------------------
 

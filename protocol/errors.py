@@ -179,3 +179,38 @@ for _cls in (
     MalformedCode,
 ):
     register(_cls)
+
+
+class ForgedSignature(RemoteProtocolError):
+    """A signed log head does not verify against the paired device's key."""
+
+    code = "forged-signature"
+
+
+class BrokenChain(RemoteProtocolError):
+    """Log entries do not hash-chain to each other or to the head that covers them."""
+
+    code = "broken-chain"
+
+
+class Rollback(RemoteProtocolError):
+    """A peer's signed log goes back on history we already hold."""
+
+    code = "rollback"
+
+    def __init__(
+        self, message: str, *, known_seq: int | None = None, offered_seq: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.known_seq = known_seq
+        self.offered_seq = offered_seq
+
+
+class Fork(Rollback):
+    """The device signed two different histories: the same sequence, another hash."""
+
+    code = "fork"
+
+
+for _cls in (ForgedSignature, BrokenChain, Rollback, Fork):
+    register(_cls)

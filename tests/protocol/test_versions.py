@@ -85,7 +85,7 @@ def test_golden_bytes() -> None:
 )
 def test_bad_construction(counters: dict[object, object]) -> None:
     with pytest.raises(LocalProtocolError):
-        VersionVector(counters)  # type: ignore[arg-type]
+        VersionVector(counters)
 
 
 @pytest.mark.parametrize(

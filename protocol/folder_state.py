@@ -1,0 +1,307 @@
+"""The fold of all devices' logs of a folder, and the sync planner, sans-IO.
+
+``FolderState`` folds log entries into one winner per path.  An entry wins when its
+version vector descends from the current winner's (or it is the same device's later
+word on the path); it is stale when the winner already covers it; on concurrent
+versions the later mtime wins, then the greater device digest, so every device picks
+the same winner whatever order the logs arrive in, and the loser is reported so its
+content can be kept as a conflict copy.
+
+``plan`` compares that merged state with what is on disk and says what to do, like
+resolvelib's core: pure data in, a list of actions out; the daemon performs them.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final, Literal
+
+from .changelog import EntryKind, LogEntry
+from .errors import LocalProtocolError
+from .ids import DeviceId
+from .paths import MAX_NAME_BYTES, validate_name, validate_relpath
+from .versions import VersionVector
+
+Outcome = Literal["wins", "stale", "conflict"]
+
+CONFLICT_MARKER: Final = ".sync-conflict-"
+#: An "extension" longer than this is part of the name ("notes.the whole title"),
+#: and bounding it guarantees the conflict suffix fits in NAME_MAX after trimming.
+MAX_EXTENSION_BYTES: Final = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What ``FolderState.apply`` made of one entry.
+
+    ``winner`` is the path's entry after the fold; on ``"conflict"``, ``loser`` is
+    the concurrent entry that lost (the new one or the former winner).
+    """
+
+    outcome: Outcome
+    winner: LogEntry
+    loser: LogEntry | None = None
+
+
+def _same_content(a: LogEntry, b: LogEntry) -> bool:
+    return (a.kind, a.deleted, a.object_id, a.link_target) == (
+        b.kind, b.deleted, b.object_id, b.link_target,
+    )
+
+
+def _conflict_rank(entry: LogEntry) -> tuple[bool, int, bytes]:
+    # A change beats a deletion (no data is lost and no copy of nothing is needed),
+    # then the later mtime, then the greater device digest: a total order, so every
+    # device resolves the same conflict the same way.
+    return (not entry.deleted, entry.mtime_ns, entry.device)
+
+
+class FolderState:
+    """path -> winning ``LogEntry`` across every device's log of one folder."""
+
+    def __init__(self) -> None:
+        self._winners: dict[str, LogEntry] = {}
+        #: the latest live loser per path, so the planner can keep it as a copy
+        self._losers: dict[str, LogEntry] = {}
+
+    def apply(self, entry: LogEntry) -> Decision:
+        """Fold one verified entry in (entries of one device in seq order)."""
+        if type(entry) is not LogEntry:
+            raise LocalProtocolError("FolderState folds LogEntry values")
+        current = self._winners.get(entry.path)
+        if current is None:
+            return self._win(entry)
+        if current.device == entry.device:
+            # a device's later entry is its latest word on the path, whatever its vector
+            return self._win(entry) if entry.seq > current.seq else Decision("stale", current)
+        relation = entry.version.compare(current.version)
+        if relation == "newer":
+            return self._win(entry)
+        if relation in ("older", "equal"):
+            return Decision("stale", current)
+        winner, loser = sorted((entry, current), key=_conflict_rank, reverse=True)
+        if winner is entry:
+            self._winners[entry.path] = entry
+        if _same_content(winner, loser):
+            # made twice, independently, but identical: nothing to keep
+            return Decision("wins" if winner is entry else "stale", winner)
+        if loser.kind == "file" and not loser.deleted:
+            self._losers[entry.path] = loser
+        return Decision("conflict", winner, loser)
+
+    def _win(self, entry: LogEntry) -> Decision:
+        self._winners[entry.path] = entry
+        return Decision("wins", entry)
+
+    def get(self, path: str) -> LogEntry | None:
+        return self._winners.get(path)
+
+    def loser(self, path: str) -> LogEntry | None:
+        """The live file that most recently lost a conflict at ``path``, if any."""
+        return self._losers.get(path)
+
+    def __getitem__(self, path: str) -> LogEntry:
+        return self._winners[path]
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._winners
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._winners)
+
+    def __len__(self) -> int:
+        return len(self._winners)
+
+
+def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
+    """``dir/name.sync-conflict-YYYYMMDD-HHMMSS-SHORTID.ext`` for a conflict copy.
+
+    The time is the losing version's mtime in UTC; the extension stays last so the
+    copy opens with the same program.  A dotfile (``.bashrc``) or a name without a
+    dot gets the marker at the end.  The stem is trimmed if the name would exceed
+    NAME_MAX.
+    """
+    parts = validate_relpath(path)
+    validate_name(device_short)
+    if not device_short.isascii() or not device_short.isalnum():
+        raise LocalProtocolError(f"not a short device ID: {device_short!r}")
+    seconds = mtime_ns // 1_000_000_000  # floor: a pre-1970 mtime stays in its second
+    stamp = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y%m%d-%H%M%S")
+    name = parts[-1]
+    dot = name.rfind(".")
+    has_ext = 0 < dot < len(name) - 1 and len(name[dot:].encode()) <= MAX_EXTENSION_BYTES
+    stem, ext = (name[:dot], name[dot:]) if has_ext else (name, "")
+    suffix = f"{CONFLICT_MARKER}{stamp}-{device_short}{ext}"
+    room = MAX_NAME_BYTES - len(suffix.encode())
+    # trim on a character boundary: drop the partial UTF-8 sequence at the cut
+    stem = stem.encode()[:room].decode("utf-8", errors="ignore")
+    return posixpath.join(*parts[:-1], stem + suffix)
+
+
+# -- planning ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFileInfo:
+    """What the local index records for a path on disk (kept current by the scanner).
+
+    ``version`` is the version the local content corresponds to: the one it was
+    fetched at, or the one our own log gave it when it changed here.
+    """
+
+    kind: EntryKind
+    object_id: str | None
+    size: int
+    mtime_ns: int
+    mode: int
+    version: VersionVector
+    link_target: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Make ``path`` a file with ``entry``'s content and mode (reusing local chunks)."""
+
+    path: str
+    entry: LogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class MakeDir:
+    path: str
+    entry: LogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class MakeLink:
+    path: str
+    entry: LogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class KeepConflict:
+    """Before replacing ``path``, keep its local content (``loser``'s) as a copy.
+
+    The copy goes to ``conflict_name(path, loser.mtime_ns, short ID of loser.device)``.
+    """
+
+    path: str
+    loser: LogEntry
+
+
+@dataclass(frozen=True, slots=True)
+class Nothing:
+    """``path`` needs no work; ``reason`` says why (for reporters and debugging)."""
+
+    path: str
+    reason: str
+
+
+Action = Fetch | Delete | MakeDir | MakeLink | KeepConflict | Nothing
+
+
+def conflict_path_for(path: str, loser: LogEntry) -> str:
+    return conflict_name(path, loser.mtime_ns, DeviceId(loser.device).short)
+
+
+def _matches(local: LocalFileInfo, entry: LogEntry) -> bool:
+    return (local.kind, local.object_id, local.link_target, local.mode) == (
+        entry.kind, entry.object_id, entry.link_target, entry.mode,
+    )
+
+
+def _make(entry: LogEntry) -> Action:
+    if entry.kind == "dir":
+        return MakeDir(entry.path, entry)
+    if entry.kind == "link":
+        return MakeLink(entry.path, entry)
+    return Fetch(entry.path, entry)
+
+
+def _blocked_by_link(
+    path: str, local: dict[str, LocalFileInfo], merged: FolderState
+) -> str | None:
+    # Writing a/b when a is (or is about to become) a symlink would write wherever
+    # the link points, possibly outside the folder: refuse the whole subtree.
+    parts = path.split("/")
+    for depth in range(1, len(parts)):
+        ancestor = "/".join(parts[:depth])
+        here = local.get(ancestor)
+        winner = merged.get(ancestor)
+        if (here is not None and here.kind != "dir") or (
+            winner is not None and not winner.deleted and winner.kind != "dir"
+        ):
+            return ancestor
+    return None
+
+
+def _plan_path(
+    path: str,
+    here: LocalFileInfo | None,
+    winner: LogEntry | None,
+    merged: FolderState,
+    receive_only: bool,
+) -> list[Action]:
+    if winner is None:
+        return [Nothing(path, "only here: the scanner records it")]
+    if winner.deleted:
+        if here is None:
+            return [Nothing(path, "deleted everywhere")]
+        if receive_only or here.version.compare(winner.version) in ("older", "equal"):
+            return [Delete(path)]
+        return [Nothing(path, "changed here since the deletion")]
+    if here is None:
+        return [_make(winner)]
+    if _matches(here, winner):
+        return [Nothing(path, "up to date")]
+    if receive_only:
+        # local edits are not ours to publish or keep: the folder mirrors the others
+        return [_make(winner)]
+    relation = here.version.compare(winner.version)
+    if relation == "older":
+        return [_make(winner)]
+    if relation == "concurrent":
+        loser = merged.loser(path)
+        if loser is not None and loser.object_id == here.object_id:
+            return [KeepConflict(path, loser), _make(winner)]
+        return [Nothing(path, "changed here concurrently; not yet in the fold")]
+    # "equal" with other content: an edit the scanner has not recorded yet;
+    # "newer": our own change leads and the others will fetch it
+    return [Nothing(path, f"local version is {relation}")]
+
+
+_ORDER: Final = {KeepConflict: 0, MakeDir: 1, Fetch: 2, MakeLink: 2, Nothing: 3, Delete: 4}
+
+
+def _action_key(action: Action) -> tuple[int, int, str]:
+    depth = action.path.count("/")
+    # parents before children when creating, children before parents when deleting
+    return (_ORDER[type(action)], -depth if isinstance(action, Delete) else depth, action.path)
+
+
+def plan(
+    local: dict[str, LocalFileInfo], merged: FolderState, receive_only: bool
+) -> list[Action]:
+    """What to do so the disk matches ``merged``: one or more actions per path.
+
+    Order: conflict copies first (before anything overwrites them), then
+    directories parents-first, files and links, and deletions children-first.
+    """
+    actions: list[Action] = []
+    for path in sorted(local.keys() | set(merged)):
+        blocker = _blocked_by_link(path, local, merged)
+        winner = merged.get(path)
+        if blocker is not None and winner is not None:
+            actions.append(Nothing(path, f"refused: {blocker!r} is not a directory"))
+            continue
+        actions.extend(_plan_path(path, local.get(path), winner, merged, receive_only))
+    actions.sort(key=_action_key)
+    return actions

@@ -1,0 +1,316 @@
+"""The fold of devices' logs, conflict naming, and the sync planner."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+
+from dizzy.protocol.changelog import ZERO_HASH, EntryKind, LogEntry
+from dizzy.protocol.errors import LocalProtocolError, UnsafePath
+from dizzy.protocol.folder_state import (
+    Delete,
+    Fetch,
+    FolderState,
+    KeepConflict,
+    LocalFileInfo,
+    MakeDir,
+    MakeLink,
+    Nothing,
+    conflict_name,
+    conflict_path_for,
+    plan,
+)
+from dizzy.protocol.ids import DeviceId
+from dizzy.protocol.paths import MAX_NAME_BYTES
+from dizzy.protocol.versions import VersionVector
+
+A, B, C = bytes([1]) * 32, bytes([2]) * 32, bytes([3]) * 32
+T0 = 1_700_000_000_000_000_000  # 2023-11-14 22:13:20 UTC
+OID1, OID2, OID3 = "11" * 32, "22" * 32, "33" * 32
+
+_seqs: dict[bytes, int] = {}
+
+
+def entry(
+    device: bytes,
+    path: str,
+    version: VersionVector,
+    *,
+    oid: str | None = OID1,
+    kind: EntryKind = "file",
+    deleted: bool = False,
+    mtime_ns: int = T0,
+    mode: int = 0o644,
+    link_target: str | None = None,
+    seq: int | None = None,
+) -> LogEntry:
+    # the fold never looks at prev; a fresh seq per device keeps entries in log order
+    if seq is None:
+        seq = _seqs[device] = _seqs.get(device, 0) + 1
+    live_file = kind == "file" and not deleted
+    return LogEntry(
+        "photos", device, seq, ZERO_HASH if seq == 1 else b"\x01" * 32, path, kind, deleted,
+        oid if live_file else None, 3 if live_file else 0, mtime_ns, mode, link_target, version,
+    )
+
+
+def v(**counters: int) -> VersionVector:
+    names = {"a": A, "b": B, "c": C}
+    return VersionVector({names[k]: n for k, n in counters.items()})
+
+
+def local_of(e: LogEntry) -> LocalFileInfo:
+    return LocalFileInfo(e.kind, e.object_id, e.size, e.mtime_ns, e.mode, e.version,
+                         e.link_target)
+
+
+# -- the fold ---------------------------------------------------------------------
+
+
+def test_newer_wins_older_and_equal_are_stale() -> None:
+    state = FolderState()
+    first = entry(A, "x", v(a=1))
+    second = entry(B, "x", v(a=1, b=1), oid=OID2)
+    assert state.apply(first).outcome == "wins"
+    assert state.apply(second).outcome == "wins"
+    assert state["x"] == second
+    stale = state.apply(entry(C, "x", v(a=1), oid=OID3))
+    assert (stale.outcome, stale.winner) == ("stale", second)
+    # C fetched B's version and logged it: same version, nothing changes
+    assert state.apply(entry(C, "x", v(a=1, b=1), oid=OID2)).outcome == "stale"
+    assert state["x"] == second and len(state) == 1 and list(state) == ["x"]
+
+
+def test_later_entry_of_the_same_device_supersedes() -> None:
+    state = FolderState()
+    state.apply(entry(A, "x", v(a=2)))
+    # A re-recorded the path with a vector that does not dominate: still its latest word
+    later = entry(A, "x", v(b=1))
+    assert state.apply(later).outcome == "wins"
+    replayed = entry(A, "x", v(a=5), seq=1)
+    assert state.apply(replayed).outcome == "stale"
+    assert state["x"] == later
+
+
+def test_concurrent_edits_conflict_deterministically() -> None:
+    left = entry(A, "x", v(a=1), oid=OID1, mtime_ns=T0 + 5)
+    right = entry(B, "x", v(b=1), oid=OID2, mtime_ns=T0)
+    for order in ([left, right], [right, left]):
+        state = FolderState()
+        decisions = [state.apply(e) for e in order]
+        assert decisions[-1].outcome == "conflict"
+        assert (decisions[-1].winner, decisions[-1].loser) == (left, right)
+        assert state["x"] == left
+        assert state.loser("x") == right
+
+
+def test_conflict_tie_broken_by_device() -> None:
+    low = entry(A, "x", v(a=1), oid=OID1)
+    high = entry(B, "x", v(b=1), oid=OID2)
+    state = FolderState()
+    state.apply(high)
+    decision = state.apply(low)
+    assert (decision.outcome, decision.winner, decision.loser) == ("conflict", high, low)
+
+
+def test_edit_beats_concurrent_delete() -> None:
+    edit = entry(A, "x", v(a=1, b=1), mtime_ns=T0)
+    delete = entry(B, "x", v(b=2), deleted=True, mtime_ns=T0 + 99)
+    for order in itertools.permutations([edit, delete]):
+        state = FolderState()
+        for e in order:
+            state.apply(e)
+        assert state["x"] == edit
+        assert state.loser("x") is None  # a deletion leaves nothing to keep
+
+
+def test_identical_concurrent_changes_are_not_a_conflict() -> None:
+    state = FolderState()
+    state.apply(entry(A, "x", v(a=1), oid=OID1))
+    decision = state.apply(entry(B, "x", v(b=1), oid=OID1, mtime_ns=T0 + 1))
+    assert decision.outcome == "wins" and decision.loser is None
+
+
+def test_fold_refuses_other_values() -> None:
+    not_an_entry: Any = "x"
+    with pytest.raises(LocalProtocolError):
+        FolderState().apply(not_an_entry)
+
+
+# -- conflict names ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("notes.txt", "notes.sync-conflict-20231114-221320-ABCDEFG.txt"),
+        ("d/e/notes.txt", "d/e/notes.sync-conflict-20231114-221320-ABCDEFG.txt"),
+        ("Makefile", "Makefile.sync-conflict-20231114-221320-ABCDEFG"),
+        (".bashrc", ".bashrc.sync-conflict-20231114-221320-ABCDEFG"),
+        (".config.yaml", ".config.sync-conflict-20231114-221320-ABCDEFG.yaml"),
+        ("a.tar.gz", "a.tar.sync-conflict-20231114-221320-ABCDEFG.gz"),
+        ("trailing.", "trailing..sync-conflict-20231114-221320-ABCDEFG"),
+        ("n." + "e" * 40, "n." + "e" * 40 + ".sync-conflict-20231114-221320-ABCDEFG"),
+    ],
+)
+def test_conflict_names(path: str, expected: str) -> None:
+    assert conflict_name(path, T0 + 999_999_999, "ABCDEFG") == expected
+
+
+def test_conflict_name_before_1970_and_long_names() -> None:
+    assert conflict_name("x", -1, "AB") == "x.sync-conflict-19691231-235959-AB"
+    long = "é" * 125 + ".txt"  # 254 bytes: near NAME_MAX, the stem must give way
+    named = conflict_name("d/" + long, T0, "ABCDEFG")
+    base = named.split("/")[-1]
+    assert len(base.encode()) <= MAX_NAME_BYTES
+    assert base.endswith(".sync-conflict-20231114-221320-ABCDEFG.txt")
+    base.encode("utf-8")  # trimmed on a character boundary
+
+
+@pytest.mark.parametrize(("path", "short"), [("../x", "AB"), ("", "AB"), ("x", "A/B"),
+                                              ("x", ""), ("x", "A B")])
+def test_conflict_name_refuses_bad_input(path: str, short: str) -> None:
+    with pytest.raises((UnsafePath, LocalProtocolError)):
+        conflict_name(path, T0, short)
+
+
+def test_conflict_path_uses_the_losers_device() -> None:
+    loser = entry(B, "x.txt", v(b=1), mtime_ns=T0)
+    assert conflict_path_for("x.txt", loser) == (
+        f"x.sync-conflict-20231114-221320-{DeviceId(B).short}.txt"
+    )
+
+
+# -- the planner ------------------------------------------------------------------
+
+
+def test_new_remote_file_dir_and_link() -> None:
+    state = FolderState()
+    f = entry(B, "d/f", v(b=1))
+    d = entry(B, "d", v(b=1), kind="dir", mode=0o755)
+    link = entry(B, "l", v(b=1), kind="link", link_target="d/f", mode=0o777)
+    for e in (f, d, link):
+        state.apply(e)
+    assert plan({}, state, receive_only=False) == [
+        MakeDir("d", d), MakeLink("l", link), Fetch("d/f", f)
+    ]
+
+
+def test_up_to_date_and_local_only() -> None:
+    state = FolderState()
+    f = entry(B, "f", v(b=1))
+    state.apply(f)
+    local = {"f": local_of(f), "mine": local_of(entry(A, "mine", v(a=1)))}
+    assert plan(local, state, receive_only=False) == [
+        Nothing("f", "up to date"), Nothing("mine", "only here: the scanner records it")
+    ]
+
+
+def test_remote_edit_of_unchanged_local_file_fetches() -> None:
+    state = FolderState()
+    old = entry(A, "f", v(a=1))
+    state.apply(old)
+    new = entry(B, "f", v(a=1, b=1), oid=OID2)
+    state.apply(new)
+    assert plan({"f": local_of(old)}, state, receive_only=False) == [Fetch("f", new)]
+
+
+def test_remote_delete_of_unchanged_local_file() -> None:
+    state = FolderState()
+    kept = entry(A, "f", v(a=1))
+    state.apply(kept)
+    gone = entry(B, "f", v(a=1, b=1), deleted=True)
+    state.apply(gone)
+    assert plan({"f": local_of(kept)}, state, receive_only=False) == [Delete("f")]
+    assert plan({}, state, receive_only=False) == [Nothing("f", "deleted everywhere")]
+
+
+def test_remote_delete_of_locally_changed_file_is_not_applied() -> None:
+    state = FolderState()
+    state.apply(entry(B, "f", v(b=2), deleted=True))
+    changed = LocalFileInfo("file", OID3, 3, T0, 0o644, v(b=1, a=1))
+    assert plan({"f": changed}, state, receive_only=False) == [
+        Nothing("f", "changed here since the deletion")
+    ]
+    assert plan({"f": changed}, state, receive_only=True) == [Delete("f")]
+
+
+def test_deletes_children_before_parents() -> None:
+    state = FolderState()
+    d = entry(A, "d", v(a=1), kind="dir", mode=0o755)
+    f = entry(A, "d/f", v(a=1))
+    for e in (d, f):
+        state.apply(e)
+    local = {"d": local_of(d), "d/f": local_of(f)}
+    for e in (entry(B, "d", v(a=1, b=1), kind="dir", deleted=True),
+              entry(B, "d/f", v(a=1, b=1), deleted=True)):
+        state.apply(e)
+    assert plan(local, state, receive_only=False) == [Delete("d/f"), Delete("d")]
+
+
+def test_concurrent_edit_keeps_conflict_copy_then_fetches() -> None:
+    state = FolderState()
+    mine = entry(A, "f.txt", v(a=1), oid=OID1, mtime_ns=T0)
+    theirs = entry(B, "f.txt", v(b=1), oid=OID2, mtime_ns=T0 + 10)
+    state.apply(mine)
+    assert state.apply(theirs).outcome == "conflict"
+    assert plan({"f.txt": local_of(mine)}, state, receive_only=False) == [
+        KeepConflict("f.txt", mine), Fetch("f.txt", theirs)
+    ]
+    # we won the conflict instead: our content stays and the other side keeps a copy
+    state = FolderState()
+    state.apply(entry(B, "f.txt", v(b=1), oid=OID2, mtime_ns=T0 - 10))
+    state.apply(mine)
+    assert plan({"f.txt": local_of(mine)}, state, receive_only=False) == [
+        Nothing("f.txt", "up to date")
+    ]
+
+
+def test_concurrent_local_change_not_yet_folded_waits() -> None:
+    state = FolderState()
+    theirs = entry(B, "f", v(b=1), oid=OID2)
+    state.apply(theirs)
+    unfolded = LocalFileInfo("file", OID3, 3, T0, 0o644, v(a=1))
+    [action] = plan({"f": unfolded}, state, receive_only=False)
+    assert isinstance(action, Nothing)
+
+
+def test_receive_only_ignores_local_edits() -> None:
+    state = FolderState()
+    base = entry(B, "f", v(b=1), oid=OID1)
+    state.apply(base)
+    # edited here (our version says newer): send-receive keeps it, receive-only reverts
+    edited = LocalFileInfo("file", OID3, 3, T0, 0o644, v(b=1, a=1))
+    assert plan({"f": edited}, state, receive_only=False) == [
+        Nothing("f", "local version is newer")
+    ]
+    assert plan({"f": edited}, state, receive_only=True) == [Fetch("f", base)]
+    # an unrecorded edit (same version, other content): likewise
+    unrecorded = LocalFileInfo("file", OID3, 3, T0, 0o644, v(b=1))
+    assert plan({"f": unrecorded}, state, receive_only=False) == [
+        Nothing("f", "local version is equal")
+    ]
+    assert plan({"f": unrecorded}, state, receive_only=True) == [Fetch("f", base)]
+    # and a concurrent edit is simply overwritten, with no conflict copy
+    concurrent = LocalFileInfo("file", OID3, 3, T0, 0o644, v(a=1))
+    assert plan({"f": concurrent}, state, receive_only=True) == [Fetch("f", base)]
+
+
+def test_nothing_is_written_through_a_symlink() -> None:
+    state = FolderState()
+    link = entry(B, "d", v(b=1), kind="link", link_target="/etc", mode=0o777)
+    through = entry(B, "d/passwd", v(b=1))
+    state.apply(link)
+    state.apply(through)
+    actions = plan({}, state, receive_only=False)
+    assert actions == [MakeLink("d", link), Nothing("d/passwd", "refused: 'd' is not a directory")]
+    # a local symlink (the log says it is a directory) blocks the path just the same
+    state = FolderState()
+    state.apply(entry(B, "e", v(b=1), kind="dir", mode=0o755))
+    state.apply(through_e := entry(B, "e/x", v(b=1)))
+    local_link = LocalFileInfo("link", None, 0, T0, 0o777, v(a=1), "/tmp")
+    actions = plan({"e": local_link}, state, receive_only=False)
+    assert Fetch("e/x", through_e) not in actions
+    assert Nothing("e/x", "refused: 'e' is not a directory") in actions

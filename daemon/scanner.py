@@ -54,6 +54,11 @@ RACY_NS: Final = 50_000_000
 # Opening a user's file must never block (a FIFO swapped in after the stat) nor follow
 # a symlink swapped in (it could point outside the folder).
 _OPEN_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK
+# Directories are opened, checked and listed through their descriptor, and their
+# entries opened relative to it, so a path component swapped for a symlink mid-scan
+# never leads outside the folder.  The root itself may be a symlink (user's choice).
+_ROOT_FLAGS: Final = os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECTORY
+_DIR_FLAGS: Final = _ROOT_FLAGS | os.O_NOFOLLOW
 
 HashFile = Callable[[int, int], str]
 """``hash_file(fd, size) -> object ID``: hash an open, read-only regular file."""
@@ -206,10 +211,12 @@ class _Scan:
         self,
         root: str,
         previous: Mapping[str, ScannedFile],
+        root_inode: int,
         rules: IgnoreRules,
         hash_file: HashFile,
     ) -> None:
         self.root = root
+        self.root_inode = root_inode
         self.previous = previous
         self.rules = rules
         self.hash_file = hash_file
@@ -222,35 +229,42 @@ class _Scan:
 
     def run(self) -> None:
         # Depth-first with an explicit stack: no recursion limit, no generator frames.
-        stack: list[tuple[str, str, int]] = [(self.root, "", 0)]
+        # Each item: (absolute path, relative prefix, depth, inode seen in the listing).
+        stack: list[tuple[str, str, int, int]] = [(self.root, "", 0, self.root_inode)]
         while stack:
-            dirpath, prefix, depth = stack.pop()
+            dirpath, prefix, depth, inode = stack.pop()
             try:
-                listing = os.scandir(dirpath)
+                dir_fd = os.open(dirpath, _DIR_FLAGS if prefix else _ROOT_FLAGS)
             except OSError as exc:
-                if not prefix:
-                    raise FolderMissing(
-                        f"folder {self.root} cannot be read: {exc.strerror}"
-                    ) from exc
-                self._keep_subtree(prefix[:-1], f"cannot list directory: {exc.strerror}")
+                self._unlistable(prefix, exc)
                 continue
-            with listing:
-                try:
+            try:
+                # A directory swapped for a symlink (or another directory) between its
+                # listing and now must not be walked: it could lead outside the folder.
+                if os.fstat(dir_fd).st_ino != inode:
+                    self._unlistable(prefix, OSError(errno.ESTALE, "replaced while scanned"))
+                    continue
+                with os.scandir(dir_fd) as listing:
                     for entry in listing:
-                        self._visit(entry, prefix, depth, stack)
-                except OSError as exc:  # the directory went away while listed
-                    if not prefix:
-                        raise FolderMissing(
-                            f"folder {self.root} cannot be read: {exc.strerror}"
-                        ) from exc
-                    self._keep_subtree(prefix[:-1], f"cannot list directory: {exc.strerror}")
+                        self._visit(entry, dir_fd, dirpath, prefix, depth, stack)
+            except OSError as exc:  # the directory went away while listed
+                self._unlistable(prefix, exc)
+            finally:
+                os.close(dir_fd)
+
+    def _unlistable(self, prefix: str, exc: OSError) -> None:
+        if not prefix:
+            raise FolderMissing(f"folder {self.root} cannot be read: {exc.strerror}") from exc
+        self._keep_subtree(prefix[:-1], f"cannot list directory: {exc.strerror}")
 
     def _visit(
         self,
         entry: os.DirEntry[str],
+        dir_fd: int,
+        dirpath: str,
         prefix: str,
         depth: int,
-        stack: list[tuple[str, str, int]],
+        stack: list[tuple[str, str, int, int]],
     ) -> None:
         name = entry.name
         relpath = prefix + name
@@ -281,18 +295,18 @@ class _Scan:
             return
         mode = st.st_mode
         if stat.S_ISREG(mode):
-            self._file(entry.path, relpath, st)
+            self._file(dir_fd, name, relpath, st)
         elif stat.S_ISDIR(mode):
             self.files[relpath] = ScannedFile(
                 relpath, "dir", 0, st.st_mtime_ns, st.st_ino, stat.S_IMODE(mode)
             )
-            stack.append((entry.path, relpath + "/", depth + 1))
+            stack.append((f"{dirpath}/{name}", relpath + "/", depth + 1, st.st_ino))
         elif stat.S_ISLNK(mode):
-            self._link(entry.path, relpath, st)
+            self._link(dir_fd, name, relpath, st)
         else:
             self.skipped.append(Skipped(relpath, "not a regular file, directory or symlink"))
 
-    def _file(self, abspath: str, relpath: str, st: os.stat_result) -> None:
+    def _file(self, dir_fd: int, name: str, relpath: str, st: os.stat_result) -> None:
         prev = self.previous.get(relpath)
         if (
             prev is not None
@@ -317,7 +331,7 @@ class _Scan:
                 stat.S_IMODE(st.st_mode), moved.object_id,
             )  # fmt: skip
             return
-        self._hash(abspath, relpath, st)
+        self._hash(dir_fd, name, relpath, st)
 
     def _moved_from(self, st: os.stat_result) -> ScannedFile | None:
         if self._by_inode is None:
@@ -330,9 +344,9 @@ class _Scan:
             return None
         return found
 
-    def _hash(self, abspath: str, relpath: str, before: os.stat_result) -> None:
+    def _hash(self, dir_fd: int, name: str, relpath: str, before: os.stat_result) -> None:
         try:
-            fd = os.open(abspath, _OPEN_FLAGS)
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -368,9 +382,9 @@ class _Scan:
             stat.S_IMODE(after.st_mode), object_id,
         )  # fmt: skip
 
-    def _link(self, abspath: str, relpath: str, st: os.stat_result) -> None:
+    def _link(self, dir_fd: int, name: str, relpath: str, st: os.stat_result) -> None:
         try:
-            target = os.readlink(abspath)
+            target = os.readlink(name, dir_fd=dir_fd)
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -424,7 +438,7 @@ def scan(
     identity = _root_identity(root_str)
     text = _read_ignore_file(root_str)
     effective = rules if text is None else rules + IgnoreRules.parse(text)
-    walk = _Scan(root_str, previous, effective, hash_file or hash_fd)
+    walk = _Scan(root_str, previous, identity[1], effective, hash_file or hash_fd)
     walk.run()
     # An unmount or a replaced root during the walk made the listing meaningless.
     if _root_identity(root_str) != identity:

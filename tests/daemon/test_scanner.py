@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -13,6 +14,7 @@ import pytest
 
 from dizzy.daemon.scanner import (
     FolderMissing,
+    HashFile,
     ScannedFile,
     ScanResult,
     hash_fd,
@@ -411,6 +413,57 @@ def test_a_read_error_keeps_what_was_known(tmp_path: Path) -> None:
     assert second.files["a"] is first.files["a"]
     assert second.changed == second.removed == []
     assert [(s.path, s.reason) for s in second.skipped] == [("a", "cannot read: Permission denied")]
+
+
+def _swap_the_other_dir(root: Path, swap: Callable[[Path], None]) -> HashFile:
+    """A hook that, while "a/f" or "b/f" is hashed, swaps the other, unlisted dir."""
+
+    def hook(fd: int, size: int) -> str:
+        hashing = os.fstat(fd).st_ino
+        for mine, other in (("a", "b"), ("b", "a")):
+            if os.lstat(root / mine / "f").st_ino == hashing and (root / other).is_dir():
+                swap(root / other)
+                break
+        return hash_fd(fd, size)
+
+    return hook
+
+
+def _scanned_twice(root: Path, swap: Callable[[Path], None]) -> tuple[ScanResult, ScanResult]:
+    write(root, "a/f", "a")
+    write(root, "b/f", "b")
+    first = scan(root, {}, NO_RULES)
+    write(root, "a/f", "a2", settle=False)
+    write(root, "b/f", "b2", settle=False)
+    return first, scan(root, first.files, NO_RULES, hash_file=_swap_the_other_dir(root, swap))
+
+
+def test_a_directory_that_cannot_be_listed_keeps_what_was_known(tmp_path: Path) -> None:
+    def to_file(path: Path) -> None:
+        shutil.rmtree(path)
+        path.write_bytes(b"now a file")
+
+    first, second = _scanned_twice(tmp_path, to_file)
+    (swapped,) = [s.path for s in second.skipped]
+    assert second.removed == []
+    assert second.files[f"{swapped}/f"] is first.files[f"{swapped}/f"]
+    assert second.changed == ["ab".replace(swapped, "") + "/f"]
+
+
+def test_a_directory_swapped_for_a_symlink_mid_scan_is_not_followed(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    write(outside, "f", "outside secret")
+    write(outside, "other", "outside secret")
+    root = tmp_path / "root"
+
+    def to_symlink(path: Path) -> None:
+        path.rename(tmp_path / "moved-away")
+        path.symlink_to(outside, target_is_directory=True)
+
+    _first, second = _scanned_twice(root, to_symlink)
+    (swapped,) = [s.path for s in second.skipped]
+    assert f"{swapped}/other" not in second.files
+    assert all(f.object_id != b3(b"outside secret") for f in second.files.values())
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads everything")

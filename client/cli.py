@@ -191,6 +191,33 @@ def cmd_unpair(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_share(args: argparse.Namespace) -> int:
+    path = Path(args.path).absolute()
+    if not path.is_dir():
+        raise UsageError(f"not a directory: {args.path}")
+    _client(args).call("share", {"name": args.name, "path": str(path), "mode": args.mode})
+    return 0
+
+
+def cmd_unshare(args: argparse.Namespace) -> int:
+    _client(args).call("unshare", {"name": args.name})
+    return 0
+
+
+def cmd_folders(args: argparse.Namespace) -> int:
+    folders = _client(args).call("folders")
+    if args.json:
+        print(json.dumps(folders, indent=2, sort_keys=True))
+        return 0
+    if not folders:
+        print("no shared folders (share one with `dizzy share NAME PATH`)")
+    for f in folders:
+        state = f["state"] + (f": {f['error']}" if f.get("error") else "")
+        print(f"{f['name']:16} {f['mode']:13} {state:10} {f['files']:7} files "
+              f"{human_bytes(f['bytes']):>10}  {f['path']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dizzy",
@@ -250,6 +277,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unpair", help="stop trusting a device")
     p.add_argument("device_id")
     p.set_defaults(func=cmd_unpair)
+
+    p = sub.add_parser("share", help="share a folder under a name")
+    p.add_argument("name")
+    p.add_argument("path")
+    p.add_argument("--mode", choices=["send-receive", "send-only", "receive-only"],
+                   default="send-receive")
+    p.set_defaults(func=cmd_share)
+
+    p = sub.add_parser("unshare", help="stop sharing a folder (deletes nothing)")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_unshare)
+
+    p = sub.add_parser("folders", help="list shared folders")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_folders)
 
     for extend in _EXTENSIONS:
         extend(sub)

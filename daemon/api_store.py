@@ -101,6 +101,17 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
             raise StorageError(f"output directory does not exist: {dest.parent}")
         counter = ProgressCounter(what="get")
         async with call.reporting(counter):
+            folders = ctx.services.get("folders")
+            in_folder = None
+            if folders is not None and await trio.to_thread.run_sync(
+                store.sync_lookup, object_id
+            ) is None:
+                in_folder = await trio.to_thread.run_sync(folders.sync_find_object, object_id)
+            if in_folder is not None:
+                written = await trio.to_thread.run_sync(
+                    store.sync_export_from, in_folder[0], object_id, dest, counter, call.cancel
+                )
+                return {"id": object_id, "path": str(written)}
             kind = await fetched(call, object_id, counter, deliver_to=dest)
             if kind == "delivered":
                 return {"id": object_id, "path": str(dest)}

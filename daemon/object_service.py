@@ -4,6 +4,8 @@ and chunks, read from the object store."""
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -24,10 +26,25 @@ def _object_id(request: Request) -> str:
     return parse_object_id(raw)
 
 
-def register(peers: PeerManager, store: ObjectStore, outboards: Outboards) -> None:
+def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
+             locate: Callable[[str], tuple[Path, int] | None] | None = None) -> None:
+    """``locate`` finds objects outside the store: files in shared folders, in place."""
+
+    def source_path(object_id: str) -> Path:
+        if store.object_path(object_id).exists():
+            return store.object_path(object_id)
+        found = locate(object_id) if locate is not None else None
+        if found is None:
+            raise NotFound(f"object {object_id[:16]}... is not here (any more)")
+        return found[0]
+
     async def stat(link: PeerLink, request: Request) -> dict[str, Any]:
         object_id = _object_id(request)
         found = await trio.to_thread.run_sync(store.sync_lookup, object_id)
+        if found is None and locate is not None:
+            in_folder = await trio.to_thread.run_sync(locate, object_id)
+            if in_folder is not None:
+                return {"have": True, "kind": "blob", "size": in_folder[1]}
         if found is None:
             return {"have": False}
         return {"have": True, "kind": found[0], "size": found[1]}
@@ -50,8 +67,8 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards) -> No
         if not 0 <= index < len(ob.chunks):
             raise UsageError(f"chunk {index} is outside object {object_id[:16]}...")
         ref = ob.chunks[index]
-        data = await trio.to_thread.run_sync(_pread, store.object_path(object_id), ref.offset,
-                                             ref.length)
+        path = await trio.to_thread.run_sync(source_path, object_id)
+        data = await trio.to_thread.run_sync(_pread, path, ref.offset, ref.length)
         if len(data) != ref.length:
             raise NotFound(f"object {object_id[:16]}... is shorter than its outboard")
         return {"data": data}

@@ -9,9 +9,13 @@ from __future__ import annotations
 import collections
 import logging
 import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
 
 import trio
 
+from dizzy.protocol.errors import NotFound
 from dizzy.protocol.outboard import Outboard, OutboardBuilder
 
 from .store import ObjectStore
@@ -25,8 +29,11 @@ RECENT_OUTBOARDS = 64
 
 
 class Outboards:
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore,
+                 locate: Callable[[str], tuple[Path, int] | None] | None = None) -> None:
         self.store = store
+        #: finds an object outside the store (a file in a shared folder), or None
+        self.locate = locate
         self._building: dict[str, trio.Event] = {}
         # Decoded outboards of the objects being served right now: a chunk request must
         # not re-read and re-decode a 40 KiB outboard from SQLite every time.
@@ -75,14 +82,22 @@ class Outboards:
 
     def _build(self, object_id: str) -> Outboard:
         builder = OutboardBuilder()
-        with self.store.sync_open_blob(object_id) as f:
-            while block := f.read(READ_BLOCK):
+        try:
+            source: BinaryIO = self.store.sync_open_blob(object_id)
+            where = "stored object"
+        except NotFound:
+            found = self.locate(object_id) if self.locate is not None else None
+            if found is None:
+                raise
+            source = open(found[0], "rb")  # noqa: SIM115 - closed below
+            where = f"shared file {found[0]}"
+        with source:
+            while block := source.read(READ_BLOCK):
                 builder.feed(block)
         outboard = builder.finish()
         if outboard.object_id != object_id:
-            from dizzy.protocol.errors import CorruptData
-
-            raise CorruptData(f"stored object {object_id} is corrupt (hash mismatch)")
+            # A shared file edited since its scan, or bit rot in the store.
+            raise NotFound(f"{where} no longer holds {object_id}")
         return outboard
 
     async def save(self, outboard: Outboard) -> None:

@@ -54,6 +54,32 @@ STATEMENTS += [
 ]
 
 
+STATEMENTS += [
+    # Folders shared by name on this device.
+    """CREATE TABLE IF NOT EXISTS folders (
+        name TEXT PRIMARY KEY,
+        path TEXT NOT NULL,
+        mode TEXT NOT NULL,
+        created REAL NOT NULL
+    )""",
+    # The last scan of each folder: what every file was (size, mtime, inode) and its
+    # content's ID, so unchanged files are never rehashed and can be served by hash.
+    """CREATE TABLE IF NOT EXISTS folder_files (
+        folder TEXT NOT NULL,
+        path TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        mode INTEGER NOT NULL,
+        object_id TEXT,
+        link_target TEXT,
+        PRIMARY KEY (folder, path)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX IF NOT EXISTS folder_files_by_object ON folder_files (object_id)",
+]
+
+
 #: columns added after a table first shipped: (table, column, definition)
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("partial_chunks", "synced", "INTEGER NOT NULL DEFAULT 0"),

@@ -11,11 +11,12 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_peers, api_store, object_service
+from . import api_folders, api_peers, api_store, object_service
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
 from .fetch import Fetcher
+from .folders import FolderManager
 from .fsutil import remove_quietly
 from .home import DaemonLock
 from .identity import load_or_create_identity
@@ -83,12 +84,16 @@ async def serve_daemon(
             api = ControlApi()
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
-            outboards = Outboards(store)
-            object_service.register(peers, store, outboards)
+            folders = FolderManager(index, home.root)
+            ctx.services["folders"] = folders
+            api_folders.register(api, folders)
+            outboards = Outboards(store, locate=folders.sync_find_object)
+            object_service.register(peers, store, outboards, locate=folders.sync_find_object)
             fetcher = Fetcher(home, index, store, outboards, peers)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)
+            await nursery.start(folders.serve)
             nursery.start_soon(fetcher.resume_all)
             nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
             if config.mdns:

@@ -364,10 +364,25 @@ class ObjectStore:
             raise
         return dest
 
+    def sync_export_from(
+        self, source: Path, object_id: str, dest: Path, progress: ProgressCounter,
+        cancel: CancelFlag,
+    ) -> Path:
+        """Write a copy of ``source`` (a shared file said to hold ``object_id``) to
+        ``dest``, verified against the ID."""
+        if not dest.parent.is_dir():
+            raise StorageError(f"output directory does not exist: {dest.parent}")
+        if dest.is_dir():
+            raise UsageError(f"output path is a directory: {dest}")
+        progress.total = source.stat().st_size
+        self._export_blob(object_id, dest, 0o644 & ~UMASK, progress, cancel, source)
+        return dest
+
     def _export_blob(
-        self, object_id: str, dest: Path, mode: int, progress: ProgressCounter, cancel: CancelFlag
+        self, object_id: str, dest: Path, mode: int, progress: ProgressCounter, cancel: CancelFlag,
+        source: Path | None = None,
     ) -> None:
-        src_fd = os.open(self.object_path(object_id), os.O_RDONLY | os.O_CLOEXEC)
+        src_fd = os.open(source or self.object_path(object_id), os.O_RDONLY | os.O_CLOEXEC)
         try:
             with TempFile(temp_name_beside(dest), f"writing {dest}") as tmp:
                 # Verify what we wrote: bit rot in the store must not reach the user's

@@ -104,6 +104,8 @@ class Skipped:
 
 @dataclass
 class ScanResult:
+    """What one scan found, compared with the previous scan's ``files``."""
+
     #: the full picture: every entry that is not ignored
     files: dict[str, ScannedFile]
     added: list[str] = field(default_factory=list)
@@ -131,7 +133,8 @@ def hash_fd(fd: int, size: int) -> str:
         # One read (one more to see EOF past a grown file) and one hash call: the
         # whole cost of a small file is its syscalls.
         data = os.pread(fd, size + 1, 0)
-        if len(data) > size:  # grew since the stat: the caller sees it and retries
+        if len(data) > size:  # grew since the stat: hash it all; the caller's
+            # before/after comparison then reports the file as unstable
             data += _read_rest(fd, len(data))
         return blake3.blake3(data).hexdigest()
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)

@@ -21,11 +21,29 @@ from typing import Any, Literal
 
 import trio
 
-from dizzy.protocol.errors import DizzyError, NotFound, UsageError
+from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_name
+from dizzy.protocol.peer_wire import Notice, Request
 
+from .fetch import Fetcher
+from .folder_sync import (
+    Applier,
+    SyncState,
+    heads_for,
+    load_state,
+    log_batch,
+    log_local_changes,
+    persist_local,
+    pull,
+)
+from .identity import Identity, public_key_of_cert
 from .index import Index
+from .peers import PeerLink, PeerManager
+from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
+from .store import ObjectStore
+from .trust import TrustStore
 
 log = logging.getLogger("dizzy.folders")
 
@@ -42,12 +60,18 @@ class FolderRunner:
     path: Path
     mode: FolderMode
     index: Index
+    manager: FolderManager
     state: str = "scanning"
     error: str | None = None
     files: dict[str, ScannedFile] = field(default_factory=dict)
     last_scan: float | None = None
     wake: trio.Event = field(default_factory=trio.Event)
     cancel_scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    sync: SyncState | None = None
+    #: scans and applies take turns: a scan must not see a half-applied folder
+    lock: trio.Lock = field(default_factory=trio.Lock)
+    pull_lock: trio.Lock = field(default_factory=trio.Lock)
+    failures: int = 0
 
     @property
     def file_count(self) -> int:
@@ -60,11 +84,46 @@ class FolderRunner:
     async def run(self) -> None:
         with self.cancel_scope:
             self.files = await self.index.call(_load_files, self.name)
-            while True:
-                await self.scan_once()
-                with trio.move_on_after(RESCAN_INTERVAL):
-                    await self.wake.wait()
-                self.wake = trio.Event()
+            self.sync = await self.index.call(
+                load_state, self.name, self.manager.me, self.manager.key,
+                self.manager.public_keys(),
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._apply_loop)
+                for link in list(self.manager.links()):
+                    nursery.start_soon(self.manager.pull_folder, link, self)
+                while True:
+                    await self.scan_once()
+                    with trio.move_on_after(RESCAN_INTERVAL):
+                        await self.wake.wait()
+                    self.wake = trio.Event()
+
+    async def _apply_loop(self) -> None:
+        assert self.sync is not None
+        while True:
+            await self.sync.dirty.wait()
+            self.sync.dirty = trio.Event()
+            if self.mode == "send-only" or self.state == "error":
+                continue
+            async with self.lock:
+                self.state = "syncing"
+                applier = Applier(self.path, self.sync, self.files, self.index,
+                                  self.manager.obtain)
+                before = dict(self.files)
+                try:
+                    failed = await applier.run(self.mode == "receive-only")
+                finally:
+                    touched = [p for p in self.files if before.get(p) != self.files[p]]
+                    gone = [p for p in before if p not in self.files]
+                    await self.index.call(_save_files, self.name, self.files, touched, gone)
+                    self.state = "idle"
+            if failed:
+                # Content no online peer could give yet: try again soon, then less often.
+                self.failures += 1
+                await trio.sleep(min(2.0 * self.failures, 30.0))
+                self.sync.dirty.set()
+            else:
+                self.failures = 0
 
     async def scan_once(self) -> None:
         self.state = "scanning"
@@ -80,15 +139,30 @@ class FolderRunner:
             self.state, self.error = "error", f"cannot scan {self.path}: {exc.strerror}"
             log.warning("folder %s: %s", self.name, self.error)
             return
-        changed = [*result.added, *result.changed, *result.refreshed]
-        if changed or result.removed or self.last_scan is None:
-            await self.index.call(_save_files, self.name, result.files, changed, result.removed)
+        async with self.lock:
+            await self._record_scan(result)
+
+    async def _record_scan(self, result: Any) -> None:
+        assert self.sync is not None
+        changed = [*result.added, *result.changed]
+        if (changed or result.removed) and self.mode != "receive-only":
+            # Our changes go into our signed log (receive-only folders send nothing).
+            entries = log_local_changes(self.sync, result.files, self.files, changed,
+                                        result.removed)
+            await persist_local(self.index, self.sync, entries)
+            await self.manager.announce(self.name)
+        saved = [*changed, *result.refreshed]
+        if saved or result.removed or self.last_scan is None:
+            await self.index.call(_save_files, self.name, result.files, saved, result.removed)
             if self.last_scan is not None:
                 log.info("folder %s: %d added, %d changed, %d removed", self.name,
                          len(result.added), len(result.changed), len(result.removed))
+        first = self.last_scan is None
         self.files = dict(result.files)
         self.last_scan = time.time()
         self.state, self.error = "idle", None
+        if first or changed or result.removed:
+            self.sync.dirty.set()
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -99,19 +173,127 @@ class FolderRunner:
             "error": self.error,
             "files": self.file_count,
             "bytes": self.byte_count,
-            "need_bytes": 0,
-            "in_sync": self.state == "idle",
+            "need_bytes": self.sync.need_bytes if self.sync else 0,
+            "in_sync": self.state == "idle" and self.failures == 0
+            and (self.sync is None or self.sync.need_bytes == 0),
             "last_scan": self.last_scan,
-            "peers": [],
+            "peers": sorted(str(DeviceId(d)) for d in (self.sync.peers if self.sync else ())),
         }
 
 
 class FolderManager:
-    def __init__(self, index: Index, home_root: Path) -> None:
+    def __init__(self, index: Index, home_root: Path, identity: Identity, trust: TrustStore,
+                 peers: PeerManager, store: ObjectStore, fetcher: Fetcher) -> None:
         self.index = index
         self.home_root = home_root
+        self.identity = identity
+        self.me = identity.device_id.digest
+        self.key = identity.private_key
+        self.trust = trust
+        self.peers = peers
+        self.store = store
+        self.fetcher = fetcher
         self.runners: dict[str, FolderRunner] = {}
+        #: folder names paired devices share that this device has not joined
+        self.offered: dict[str, set[bytes]] = {}
         self._nursery: trio.Nursery | None = None
+        peers.handlers["folder.list"] = self._serve_list
+        peers.handlers["folder.heads"] = self._serve_heads
+        peers.handlers["folder.log"] = self._serve_log
+        peers.notice_handlers["folder.changed"] = self._on_changed
+        peers.on_link_up.append(self._on_link_up)
+
+    # -- peers -----------------------------------------------------------------------
+
+    def public_keys(self) -> dict[bytes, bytes]:
+        return {p.device_id.digest: public_key_of_cert(p.cert_pem) for p in self.trust.all()}
+
+    def links(self) -> list[PeerLink]:
+        return list(self.peers.links.values())
+
+    async def announce(self, name: str) -> None:
+        await self.peers.broadcast("folder.changed", {"folder": name})
+
+    async def pull_folder(self, link: PeerLink, runner: FolderRunner) -> None:
+        if runner.sync is None:
+            return
+        async with runner.pull_lock:
+            try:
+                await pull(link, runner.sync, self.index, self.public_keys())
+            except (DizzyError, RemoteProtocolError) as exc:
+                log.warning("folder %s: refused the log from %s: %s", runner.name,
+                            link.device_id.short, exc)
+
+    async def _on_link_up(self, link: PeerLink) -> None:
+        try:
+            reply = await link.request("folder.list", {})
+            names = reply.get("folders")
+            if isinstance(names, list):
+                for name in names:
+                    if isinstance(name, str) and len(name) <= 255:
+                        self.offered.setdefault(name, set()).add(link.device_id.digest)
+        except DizzyError as exc:
+            log.debug("folder.list from %s failed: %s", link.device_id.short, exc)
+        for runner in list(self.runners.values()):
+            await self.pull_folder(link, runner)
+
+    async def _on_changed(self, link: PeerLink, notice: Notice) -> None:
+        name = notice.body.get("folder")
+        if isinstance(name, str):
+            self.offered.setdefault(name, set()).add(link.device_id.digest)
+            runner = self.runners.get(name)
+            if runner is not None:
+                await self.pull_folder(link, runner)
+
+    def _runner_for(self, request: Request) -> FolderRunner:
+        name = request.body.get("folder")
+        runner = self.runners.get(name) if isinstance(name, str) else None
+        if runner is None or runner.sync is None:
+            raise NotFound(f"folder {name!r} is not shared here")
+        return runner
+
+    async def _serve_list(self, link: PeerLink, request: Request) -> dict[str, Any]:
+        return {"folders": sorted(self.runners)}
+
+    async def _serve_heads(self, link: PeerLink, request: Request) -> dict[str, Any]:
+        runner = self._runner_for(request)
+        assert runner.sync is not None
+        return {"heads": await self.index.call(heads_for, runner.sync, self.key)}
+
+    async def _serve_log(self, link: PeerLink, request: Request) -> dict[str, Any]:
+        runner = self._runner_for(request)
+        device = request.body.get("device")
+        after = request.body.get("after")
+        if not isinstance(device, bytes) or len(device) != 32 or not isinstance(after, int) \
+                or isinstance(after, bool) or after < 0:
+            raise UsageError("folder.log needs device (32 bytes) and after (>= 0)")
+        assert runner.sync is not None
+        entries, head = await self.index.call(log_batch, runner.sync, device, after, self.key)
+        return {"entries": entries, "head": head}
+
+    # -- content ---------------------------------------------------------------------
+
+    async def obtain(self, object_id: str, size: int, dest: Path) -> None:
+        """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
+        (renames and duplicates cost no transfer), else from peers."""
+        local = self.store.object_path(object_id)
+        source: Path | None = local if local.exists() else None
+        if source is None:
+            found = await trio.to_thread.run_sync(self.sync_find_object, object_id)
+            source = found[0] if found else None
+        counter = ProgressCounter()
+        if source is not None:
+            try:
+                await trio.to_thread.run_sync(self.store.sync_export_from, source, object_id,
+                                              dest, counter, CancelFlag())
+                return
+            except DizzyError:
+                pass  # changed since it was scanned: fetch it instead
+        kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
+                                               deliver_to=dest)
+        if kind != "delivered":
+            await trio.to_thread.run_sync(self.store.sync_export, object_id, dest, counter,
+                                          CancelFlag())
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
                     ) -> None:
@@ -119,7 +301,7 @@ class FolderManager:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             for name, path, mode in rows:
-                self._start(FolderRunner(name, Path(path), mode, self.index))
+                self._start(FolderRunner(name, Path(path), mode, self.index, self))
             task_status.started()
             await trio.sleep_forever()  # the nursery must stay open for later shares
 
@@ -157,7 +339,7 @@ class FolderManager:
             "INSERT INTO folders (name, path, mode, created) VALUES (?, ?, ?, ?)",
             (name, str(real), mode, time.time()),
         )
-        runner = FolderRunner(name, real, mode, self.index)
+        runner = FolderRunner(name, real, mode, self.index, self)
         self._start(runner)
         log.info("sharing folder %s at %s (%s)", name, real, mode)
         return runner.describe()
@@ -171,7 +353,16 @@ class FolderManager:
         log.info("stopped sharing folder %s (its files are untouched)", name)
 
     def describe(self) -> list[dict[str, Any]]:
-        return [r.describe() for _, r in sorted(self.runners.items())]
+        out = [r.describe() for _, r in sorted(self.runners.items())]
+        for name, devices in sorted(self.offered.items()):
+            if name not in self.runners:
+                out.append({
+                    "name": name, "path": None, "mode": None, "state": "pending",
+                    "error": None, "files": 0, "bytes": 0, "need_bytes": 0,
+                    "in_sync": False, "last_scan": None,
+                    "peers": sorted(str(DeviceId(d)) for d in devices),
+                })
+        return out
 
     def rescan(self, name: str | None = None) -> None:
         for runner in self.runners.values():

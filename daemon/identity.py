@@ -120,3 +120,11 @@ def sign_fingerprint(cert_pem: bytes) -> str:
     """SHA-256 of the DER certificate, for log lines."""
     cert = x509.load_pem_x509_certificate(cert_pem)
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def public_key_of_cert(cert_pem: bytes) -> bytes:
+    """The raw Ed25519 public key a (pinned) certificate carries."""
+    key = x509.load_pem_x509_certificate(cert_pem).public_key()
+    if not isinstance(key, Ed25519PublicKey):
+        raise DizzyError("certificate does not carry an Ed25519 key")
+    return raw_public_key(key)

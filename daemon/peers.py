@@ -111,6 +111,10 @@ class PeerManager:
         #: addresses learnt from discovery (or pairing) per device
         self.addresses: dict[DeviceId, list[tuple[str, int]]] = {}
         self.handlers: dict[str, RequestHandler] = {}
+        #: one-way notices from peers, by kind (e.g. "folder.changed")
+        self.notice_handlers: dict[str, Callable[[PeerLink, Notice], Awaitable[None]]] = {}
+        #: called with every new link once it is up (e.g. to pull folder logs)
+        self.on_link_up: list[Callable[[PeerLink], Awaitable[None]]] = []
         self._wake: dict[DeviceId, trio.Event] = {}
         self._dialing: set[DeviceId] = set()
         self._nursery: trio.Nursery | None = None
@@ -295,6 +299,7 @@ class PeerManager:
             # Every task here catches its own errors: only cancellation leaves.
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._keepalive, link, nursery.cancel_scope)
+                nursery.start_soon(self._link_up, link)
                 await self._receive_loop(link, nursery)
                 nursery.cancel_scope.cancel()
         finally:
@@ -309,6 +314,27 @@ class PeerManager:
                     await self.trust.seen(device, None)
             if self.links.get(device) is None:
                 self._ensure_dialer(device)
+
+    async def _run_notice(self, handler: Callable[[PeerLink, Notice], Awaitable[None]],
+                          link: PeerLink, notice: Notice) -> None:
+        try:
+            await handler(link, notice)
+        except Exception:
+            log.exception("handling %s from %s failed", notice.kind, link.device_id.short)
+
+    async def broadcast(self, kind: str, body: dict[str, Any]) -> None:
+        """A notice to every connected peer; a peer that is gone is skipped."""
+        for link in list(self.links.values()):
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError,
+                                     DizzyError):
+                await link.conn.send(Notice(kind, body))
+
+    async def _link_up(self, link: PeerLink) -> None:
+        for hook in self.on_link_up:
+            try:
+                await hook(link)
+            except Exception:
+                log.exception("link-up hook for %s failed", link.device_id.short)
 
     async def _keepalive(self, link: PeerLink, scope: trio.CancelScope) -> None:
         try:
@@ -329,7 +355,9 @@ class PeerManager:
                     if waiter is not None:
                         waiter.send_nowait(message)
                 elif isinstance(message, Notice):
-                    log.debug("notice %s from %s", message.kind, device.short)
+                    handler = self.notice_handlers.get(message.kind)
+                    if handler is not None:
+                        nursery.start_soon(self._run_notice, handler, link, message)
             log.info("peer %s closed the connection", device.short)
         except (ProtocolError, DizzyError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:

@@ -77,6 +77,29 @@ STATEMENTS += [
         PRIMARY KEY (folder, path)
     ) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS folder_files_by_object ON folder_files (object_id)",
+    # The version vector each local path's content corresponds to.
+    """CREATE TABLE IF NOT EXISTS folder_versions (
+        folder TEXT NOT NULL,
+        path TEXT NOT NULL,
+        version BLOB NOT NULL,
+        PRIMARY KEY (folder, path)
+    ) WITHOUT ROWID""",
+    # Every device's signed change log of every folder (ours and replicated ones)...
+    """CREATE TABLE IF NOT EXISTS log_entries (
+        folder TEXT NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (folder, device, seq)
+    ) WITHOUT ROWID""",
+    # ...and the signed heads accepted for them (kept: relayed batches end at one).
+    """CREATE TABLE IF NOT EXISTS log_heads (
+        folder TEXT NOT NULL,
+        device BLOB NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL,
+        PRIMARY KEY (folder, device, seq)
+    ) WITHOUT ROWID""",
 ]
 
 

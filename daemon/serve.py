@@ -84,12 +84,13 @@ async def serve_daemon(
             api = ControlApi()
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
-            folders = FolderManager(index, home.root)
+            outboards = Outboards(store)
+            fetcher = Fetcher(home, index, store, outboards, peers)
+            folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher)
+            outboards.locate = folders.sync_find_object
             ctx.services["folders"] = folders
             api_folders.register(api, folders)
-            outboards = Outboards(store, locate=folders.sync_find_object)
             object_service.register(peers, store, outboards, locate=folders.sync_find_object)
-            fetcher = Fetcher(home, index, store, outboards, peers)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)

@@ -1,0 +1,450 @@
+"""The folder sync engine: signed change logs in, replicated between peers, folded,
+and applied to the disk.
+
+Per folder, this device appends its own changes (from scans) to its signed,
+hash-chained log.  Peers pull each other's logs from the last sequence they hold
+(``folder.heads`` then ``folder.log``), verify chains and signatures against the
+paired devices' keys, and fold every log into one ``FolderState``.  ``plan`` (pure,
+protocol/folder_state.py) says what to do; this module does it: fetch content
+(reusing local copies first, then peers), write temp + fsync + rename, keep conflict
+copies, delete, make directories and links.  Nothing is ever written through a
+symlink, and no path leaves the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from dizzy.protocol.changelog import (
+    MAX_BATCH_ENTRIES,
+    ZERO_HASH,
+    LogEntry,
+    LogReplica,
+    LogWriter,
+    SignedHead,
+    sign_head,
+)
+from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.folder_state import (
+    Delete,
+    Fetch,
+    FolderState,
+    KeepConflict,
+    LocalFileInfo,
+    MakeDir,
+    MakeLink,
+    conflict_path_for,
+    plan,
+)
+from dizzy.protocol.ids import DeviceId
+from dizzy.protocol.paths import validate_relpath
+from dizzy.protocol.versions import VersionVector
+
+from .fsutil import fsync_dir, remove_quietly, temp_name_beside
+from .index import Index
+from .scanner import ScannedFile
+
+log = logging.getLogger("dizzy.sync")
+
+
+@dataclass
+class SyncState:
+    """Everything the engine keeps for one folder."""
+
+    folder: str
+    me: bytes
+    writer: LogWriter
+    merged: FolderState = field(default_factory=FolderState)
+    versions: dict[str, VersionVector] = field(default_factory=dict)
+    replicas: dict[bytes, LogReplica] = field(default_factory=dict)
+    #: devices that answered for this folder: they share it
+    peers: set[bytes] = field(default_factory=set)
+    need_bytes: int = 0
+    #: set when the merged state changed and the disk may need work
+    dirty: trio.Event = field(default_factory=trio.Event)
+
+
+# -- persistence ----------------------------------------------------------------------
+
+
+def load_state(conn: sqlite3.Connection, folder: str, me: bytes, key: Ed25519PrivateKey,
+               public_keys: dict[bytes, bytes]) -> SyncState:
+    """Rebuild a folder's sync state from the index (every log, replayed in order)."""
+    merged = FolderState()
+    last: dict[bytes, LogEntry] = {}
+    for device, _seq, data in conn.execute(
+        "SELECT device, seq, data FROM log_entries WHERE folder = ? ORDER BY device, seq",
+        (folder,),
+    ):
+        entry = LogEntry.decode(bytes(data))
+        merged.apply(entry)
+        last[bytes(device)] = entry
+    mine = last.get(me)
+    writer = LogWriter(folder, me, key, last_seq=mine.seq if mine else 0,
+                       last_hash=mine.entry_hash if mine else ZERO_HASH)
+    state = SyncState(folder, me, writer, merged)
+    for device, entry in last.items():
+        if device == me or device not in public_keys:
+            continue
+        row = conn.execute(
+            "SELECT data FROM log_heads WHERE folder = ? AND device = ? ORDER BY seq DESC "
+            "LIMIT 1", (folder, device)).fetchone()
+        head = SignedHead.decode(bytes(row[0])) if row else None
+        if head is not None and head.seq == entry.seq:
+            state.replicas[device] = LogReplica(folder, device, public_keys[device],
+                                                known_seq=entry.seq,
+                                                known_hash=entry.entry_hash, head=head)
+    for path, data in conn.execute(
+        "SELECT path, version FROM folder_versions WHERE folder = ?", (folder,)
+    ):
+        state.versions[path] = VersionVector.decode(bytes(data))
+    return state
+
+
+def _save_entries(conn: sqlite3.Connection, entries: list[LogEntry],
+                  head: SignedHead | None) -> None:
+    with conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO log_entries (folder, device, seq, data) VALUES (?, ?, ?, ?)",
+            [(e.folder, e.device, e.seq, e.encode()) for e in entries],
+        )
+        if head is not None:
+            conn.execute(
+                "INSERT OR REPLACE INTO log_heads (folder, device, seq, data) "
+                "VALUES (?, ?, ?, ?)", (head.folder, head.device, head.seq, head.encode()))
+
+
+def _save_versions(conn: sqlite3.Connection, folder: str,
+                   versions: dict[str, VersionVector | None]) -> None:
+    with conn:
+        for path, version in versions.items():
+            if version is None:
+                conn.execute("DELETE FROM folder_versions WHERE folder = ? AND path = ?",
+                             (folder, path))
+            else:
+                conn.execute("INSERT OR REPLACE INTO folder_versions (folder, path, version) "
+                             "VALUES (?, ?, ?)", (folder, path, version.encode()))
+
+
+def forget_folder_logs(conn: sqlite3.Connection, folder: str) -> None:
+    with conn:
+        for table in ("log_entries", "log_heads", "folder_versions"):
+            conn.execute(f"DELETE FROM {table} WHERE folder = ?", (folder,))
+
+
+# -- logging local changes ------------------------------------------------------------
+
+
+def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
+                      previous: dict[str, ScannedFile], changed: Iterable[str],
+                      removed: Iterable[str]) -> list[LogEntry]:
+    """Append this device's log entries for what a scan found changed or removed."""
+    entries: list[LogEntry] = []
+    for path in sorted(changed):
+        f = files[path]
+        base = state.versions.get(path)
+        if base is None:
+            winner = state.merged.get(path)
+            base = winner.version if winner is not None else VersionVector()
+        version = base.bump(state.me)
+        entries.append(state.writer.append(
+            path, f.kind, False, f.object_id if f.kind == "file" else None,
+            f.size if f.kind == "file" else 0, f.mtime_ns, f.mode,
+            f.link_target if f.kind == "link" else None, version))
+        state.versions[path] = version
+    for path in sorted(removed, key=lambda p: -p.count("/")):
+        old = previous.get(path)
+        base = state.versions.get(path) or VersionVector()
+        version = base.bump(state.me)
+        entries.append(state.writer.append(
+            path, old.kind if old is not None else "file", True, None, 0,
+            old.mtime_ns if old is not None else 0, old.mode if old is not None else 0,
+            None, version))
+        state.versions[path] = version
+    for entry in entries:
+        state.merged.apply(entry)
+    return entries
+
+
+async def persist_local(index: Index, state: SyncState, entries: list[LogEntry]) -> None:
+    if not entries:
+        return
+    head = state.writer.head()
+    versions: dict[str, VersionVector | None] = {e.path: state.versions.get(e.path)
+                                                 for e in entries}
+    await index.call(_save_entries, entries, head)
+    await index.call(_save_versions, state.folder, versions)
+
+
+# -- serving our logs to peers --------------------------------------------------------
+
+
+def heads_for(conn: sqlite3.Connection, state: SyncState, key: Ed25519PrivateKey) -> list[bytes]:
+    heads = [state.writer.head().encode()]
+    for (data,) in conn.execute(
+        "SELECT h.data FROM log_heads h WHERE h.folder = ? AND h.device != ? AND h.seq = "
+        "(SELECT MAX(seq) FROM log_heads WHERE folder = h.folder AND device = h.device)",
+        (state.folder, state.me),
+    ):
+        heads.append(bytes(data))
+    return heads
+
+
+def log_batch(conn: sqlite3.Connection, state: SyncState, device: bytes, after: int,
+              key: Ed25519PrivateKey) -> tuple[list[bytes], bytes]:
+    """Entries of ``device``'s log after ``after``, ending at a signed head."""
+    if device == state.me:
+        end = min(after + MAX_BATCH_ENTRIES, state.writer.last_seq)
+        if end <= after:
+            return [], state.writer.head().encode()
+        rows = conn.execute(
+            "SELECT data FROM log_entries WHERE folder = ? AND device = ? AND seq > ? AND "
+            "seq <= ? ORDER BY seq", (state.folder, device, after, end)).fetchall()
+        entries = [bytes(r[0]) for r in rows]
+        last = LogEntry.decode(entries[-1])
+        return entries, sign_head(state.folder, device, end, last.entry_hash, key).encode()
+    row = conn.execute(
+        "SELECT seq, data FROM log_heads WHERE folder = ? AND device = ? AND seq > ? "
+        "ORDER BY seq LIMIT 1", (state.folder, device, after)).fetchone()
+    if row is None:
+        raise NotFound("no newer entries of that log here")
+    end, head = row
+    rows = conn.execute(
+        "SELECT data FROM log_entries WHERE folder = ? AND device = ? AND seq > ? AND seq <= ? "
+        "ORDER BY seq LIMIT ?", (state.folder, device, after, end, MAX_BATCH_ENTRIES)).fetchall()
+    return [bytes(r[0]) for r in rows], bytes(head)
+
+
+# -- pulling peers' logs --------------------------------------------------------------
+
+
+async def pull(link: Any, state: SyncState, index: Index,
+               public_keys: dict[bytes, bytes]) -> int:
+    """Replicate every log ``link``'s device holds for this folder; returns new entries."""
+    try:
+        reply = await link.request("folder.heads", {"folder": state.folder})
+    except DizzyError as exc:
+        log.debug("%s does not share %s: %s", link.device_id.short, state.folder, exc)
+        state.peers.discard(link.device_id.digest)
+        return 0
+    state.peers.add(link.device_id.digest)
+    heads = reply.get("heads")
+    if not isinstance(heads, list):
+        raise RemoteProtocolError("folder.heads reply without heads")
+    added = 0
+    for raw in heads[:1024]:
+        if not isinstance(raw, bytes):
+            continue
+        head = SignedHead.decode(raw)
+        if head.folder != state.folder or head.device == state.me:
+            continue
+        public = public_keys.get(head.device)
+        if public is None:
+            continue  # a device we are not paired with: we cannot verify its log
+        replica = state.replicas.get(head.device)
+        if replica is None:
+            replica = LogReplica(state.folder, head.device, public)
+        while replica.known_seq < head.seq:
+            batch = await link.request("folder.log", {
+                "folder": state.folder, "device": head.device, "after": replica.known_seq})
+            raw_entries = batch.get("entries")
+            raw_head = batch.get("head")
+            if not isinstance(raw_entries, list) or not isinstance(raw_head, bytes) or \
+                    not all(isinstance(e, bytes) for e in raw_entries) or not raw_entries:
+                raise RemoteProtocolError("malformed folder.log reply")
+            entries = [LogEntry.decode(e) for e in raw_entries]
+            batch_head = SignedHead.decode(raw_head)
+            new = replica.accept(entries, batch_head)  # Forged/Rollback/Fork/BrokenChain
+            await index.call(_save_entries, new, batch_head)
+            state.replicas[head.device] = replica
+            for entry in new:
+                state.merged.apply(entry)
+            added += len(new)
+    if added:
+        log.info("folder %s: %d new change(s) from %s", state.folder, added,
+                 link.device_id.short)
+        state.dirty.set()
+    return added
+
+
+# -- applying the plan ----------------------------------------------------------------
+
+
+class Applier:
+    """Carries out ``plan``'s actions on one folder's disk."""
+
+    def __init__(self, root: Path, state: SyncState, files: dict[str, ScannedFile],
+                 index: Index, obtain: Any) -> None:
+        self.root = root
+        self.state = state
+        self.files = files
+        self.index = index
+        #: async (object_id, size, temp_path) -> None: puts the content at temp_path
+        self.obtain = obtain
+        self.changed_versions: dict[str, VersionVector | None] = {}
+
+    def local_view(self) -> dict[str, LocalFileInfo]:
+        out = {}
+        for path, f in self.files.items():
+            version = self.state.versions.get(path) or VersionVector()
+            out[path] = LocalFileInfo(f.kind, f.object_id, f.size, f.mtime_ns, f.mode, version,
+                                      f.link_target)
+        return out
+
+    async def run(self, receive_only: bool) -> int:
+        actions = plan(self.local_view(), self.state.merged, receive_only)
+        todo = [a for a in actions if isinstance(a, (Fetch, Delete, MakeDir, MakeLink,
+                                                     KeepConflict))]
+        self.state.need_bytes = sum(a.entry.size for a in todo if isinstance(a, Fetch))
+        done = 0
+        for action in todo:
+            try:
+                await self._one(action)
+                done += 1
+            except (DizzyError, OSError) as exc:
+                log.warning("folder %s: %s %s failed: %s", self.state.folder,
+                            type(action).__name__, action.path, exc)
+            if isinstance(action, Fetch):
+                self.state.need_bytes -= action.entry.size
+        if self.changed_versions:
+            await self.index.call(_save_versions, self.state.folder, self.changed_versions)
+        self.state.need_bytes = max(self.state.need_bytes, 0)
+        return done
+
+    def _target(self, relpath: str) -> Path:
+        parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
+        path = self.root.joinpath(*parts)
+        # Every ancestor must be a real directory inside the folder (never a symlink).
+        current = self.root
+        for part in parts[:-1]:
+            current = current / part
+            try:
+                st = os.lstat(current)
+            except FileNotFoundError:
+                os.mkdir(current, 0o755)
+                self._record(current)
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise UsageError(f"{relpath}: {current} is not a directory")
+        return path
+
+    def _unchanged(self, relpath: str, path: Path) -> bool:
+        """The path is still as the last scan saw it (or absent, as it saw)."""
+        known = self.files.get(relpath)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return known is None
+        if known is None:
+            return False
+        return (st.st_size, st.st_mtime_ns, st.st_ino) == (known.size, known.mtime_ns,
+                                                           known.inode) or known.kind == "dir"
+
+    def _record(self, path: Path, object_id: str | None = None,
+                version: VersionVector | None = None) -> None:
+        relpath = path.relative_to(self.root).as_posix()
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            kind, target = "link", os.readlink(path)
+        elif stat.S_ISDIR(st.st_mode):
+            kind, target = "dir", None
+        else:
+            kind, target = "file", None
+        self.files[relpath] = ScannedFile(
+            relpath, kind, st.st_size if kind == "file" else (len(target or "")),  # type: ignore[arg-type]
+            st.st_mtime_ns, st.st_ino, stat.S_IMODE(st.st_mode), object_id, target)
+        if version is not None:
+            self.state.versions[relpath] = version
+            self.changed_versions[relpath] = version
+
+    async def _one(self, action: Any) -> None:
+        path = self._target(action.path)
+        if isinstance(action, KeepConflict):
+            copy = self._target(conflict_path_for(action.path, action.loser))
+            if self._unchanged(action.path, path):
+                os.rename(path, copy)
+                fsync_dir(path.parent)
+                self.files.pop(action.path, None)
+                log.warning("folder %s: conflict on %s; kept this device's version as %s",
+                            self.state.folder, action.path, copy.name)
+        elif isinstance(action, MakeDir):
+            entry = action.entry
+            try:
+                st = os.lstat(path)
+                if not stat.S_ISDIR(st.st_mode):
+                    raise UsageError(f"{action.path} exists and is not a directory")
+                os.chmod(path, entry.mode or 0o755)
+            except FileNotFoundError:
+                os.mkdir(path, entry.mode or 0o755)
+            self._record(path, version=entry.version)
+        elif isinstance(action, MakeLink):
+            entry = action.entry
+            if not self._unchanged(action.path, path):
+                raise UsageError(f"{action.path} changed here; rescanning first")
+            tmp = temp_name_beside(path)
+            os.symlink(entry.link_target or "", tmp)  # a link is created, never followed
+            os.rename(tmp, path)
+            self._record(path, version=entry.version)
+        elif isinstance(action, Fetch):
+            await self._fetch(action, path)
+        elif isinstance(action, Delete):
+            if not self._unchanged(action.path, path):
+                raise UsageError(f"{action.path} changed here; not deleting it")
+            try:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
+            except FileNotFoundError:
+                pass
+            fsync_dir(path.parent)
+            relpath = action.path
+            self.files.pop(relpath, None)
+            self.state.versions.pop(relpath, None)
+            self.changed_versions[relpath] = None
+
+    async def _fetch(self, action: Fetch, path: Path) -> None:
+        entry = action.entry
+        if not self._unchanged(action.path, path):
+            raise UsageError(f"{action.path} changed here while syncing; rescanning first")
+        tmp = temp_name_beside(path)
+        try:
+            if entry.size == 0:
+                tmp.touch(mode=0o600)
+            else:
+                assert entry.object_id is not None
+                await self.obtain(entry.object_id, entry.size, tmp)
+            os.chmod(tmp, entry.mode)
+            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if not self._unchanged(action.path, path):
+                raise UsageError(f"{action.path} changed here while syncing; kept as is")
+            os.rename(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            remove_quietly(tmp)
+            raise
+        self._record(path, object_id=entry.object_id, version=entry.version)
+
+
+def device_short(device: bytes) -> str:
+    return DeviceId(device).short
+
+
+def now() -> float:
+    return time.time()

@@ -13,6 +13,8 @@ symlink, and no path leaves the folder.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import logging
 import os
 import sqlite3
@@ -56,6 +58,12 @@ from .index import Index
 from .scanner import ScannedFile
 
 log = logging.getLogger("dizzy.sync")
+
+#: files fetched at once while applying: many small files are round-trip bound, and
+#: large ones share the links anyway
+PARALLEL_TRANSFERS = 32
+#: fetched files renamed into place per file-system sync
+RENAME_BATCH = 500
 
 
 @dataclass
@@ -293,6 +301,12 @@ class Applier:
         #: async (object_id, size, temp_path) -> None: puts the content at temp_path
         self.obtain = obtain
         self.changed_versions: dict[str, VersionVector | None] = {}
+        #: directories whose entries changed: fsynced once at the end of the run (a
+        #: crash before that loses a rename, never a file's content)
+        self.dirs_to_sync: set[Path] = set()
+        #: fetched files waiting to be renamed into place: (temp, final, action)
+        self.ready: list[tuple[Path, Path, Fetch]] = []
+        self._flush_lock = trio.Lock()
 
     def local_view(self) -> dict[str, LocalFileInfo]:
         out = {}
@@ -303,24 +317,52 @@ class Applier:
         return out
 
     async def run(self, receive_only: bool) -> int:
+        """Carry out the plan; returns how many actions failed (to retry later)."""
         actions = plan(self.local_view(), self.state.merged, receive_only)
         todo = [a for a in actions if isinstance(a, (Fetch, Delete, MakeDir, MakeLink,
                                                      KeepConflict))]
         self.state.need_bytes = sum(a.entry.size for a in todo if isinstance(a, Fetch))
-        done = 0
-        for action in todo:
+        failed = 0
+
+        async def one(action: Any) -> None:
+            nonlocal failed
             try:
                 await self._one(action)
-                done += 1
             except (DizzyError, OSError) as exc:
+                failed += 1
                 log.warning("folder %s: %s %s failed: %s", self.state.folder,
                             type(action).__name__, action.path, exc)
             if isinstance(action, Fetch):
                 self.state.need_bytes -= action.entry.size
+
+        # Conflict copies, directories and deletions in plan order (parents and
+        # children matter); files and links, whose parents exist by then, in parallel.
+        parallel = [a for a in todo if isinstance(a, (Fetch, MakeLink))]
+        for action in todo:
+            if isinstance(action, (KeepConflict, MakeDir)):
+                await one(action)
+        limiter = trio.CapacityLimiter(PARALLEL_TRANSFERS)
+
+        async def limited(action: Any) -> None:
+            async with limiter:
+                await one(action)
+
+        try:
+            async with trio.open_nursery() as nursery:
+                for action in parallel:
+                    nursery.start_soon(limited, action)
+        finally:
+            with trio.CancelScope(shield=True):
+                await self._flush()
+        for action in todo:
+            if isinstance(action, Delete):
+                await one(action)
+        dirs, self.dirs_to_sync = self.dirs_to_sync, set()
+        await trio.to_thread.run_sync(_fsync_dirs, dirs)
         if self.changed_versions:
             await self.index.call(_save_versions, self.state.folder, self.changed_versions)
         self.state.need_bytes = max(self.state.need_bytes, 0)
-        return done
+        return failed
 
     def _target(self, relpath: str) -> Path:
         parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
@@ -424,22 +466,70 @@ class Applier:
                 tmp.touch(mode=0o600)
             else:
                 assert entry.object_id is not None
-                await self.obtain(entry.object_id, entry.size, tmp)
-            os.chmod(tmp, entry.mode)
-            os.utime(tmp, ns=(entry.mtime_ns, entry.mtime_ns))
-            fd = os.open(tmp, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            if not self._unchanged(action.path, path):
-                raise UsageError(f"{action.path} changed here while syncing; kept as is")
-            os.rename(tmp, path)
-            fsync_dir(path.parent)
+                await self.obtain(entry.object_id, entry.size, tmp, self.state.peers)
+            await trio.to_thread.run_sync(_finish_file, tmp, entry.mode, entry.mtime_ns)
         except BaseException:
             remove_quietly(tmp)
             raise
-        self._record(path, object_id=entry.object_id, version=entry.version)
+        # Renamed into place in batches after one file-system sync (see _flush): one
+        # flush for hundreds of small files instead of an fsync each.
+        self.ready.append((tmp, path, action))
+        if len(self.ready) >= RENAME_BATCH:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Make every finished temp file durable at once, then rename each into place."""
+        async with self._flush_lock:
+            batch, self.ready = self.ready, []
+            if not batch:
+                return
+            await trio.to_thread.run_sync(_sync_file_system, self.root)
+            for tmp, path, action in batch:
+                if not self._unchanged(action.path, path):
+                    remove_quietly(tmp)
+                    log.warning("folder %s: %s changed here while syncing; kept as is",
+                                self.state.folder, action.path)
+                    continue
+                os.rename(tmp, path)
+                self.dirs_to_sync.add(path.parent)
+                self._record(path, object_id=action.entry.object_id,
+                             version=action.entry.version)
+
+
+def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def _load_syncfs() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+
+def _sync_file_system(root: Path) -> None:
+    """Flush every dirty file of the folder's file system (Linux syncfs; else sync)."""
+    if _SYNCFS is None:
+        os.sync()
+        return
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if _SYNCFS(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dirs(dirs: Iterable[Path]) -> None:
+    for directory in dirs:
+        with contextlib.suppress(FileNotFoundError):
+            fsync_dir(directory)
 
 
 def device_short(device: bytes) -> str:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import blake3
 import trio
 
 from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
@@ -39,6 +40,7 @@ from .folder_sync import (
 )
 from .identity import Identity, public_key_of_cert
 from .index import Index
+from .object_service import SMALL_OBJECT_MAX
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
@@ -112,14 +114,19 @@ class FolderRunner:
                 before = dict(self.files)
                 try:
                     failed = await applier.run(self.mode == "receive-only")
+                except (DizzyError, OSError) as exc:
+                    log.warning("folder %s: applying changes failed: %s", self.name, exc)
+                    failed = 1
                 finally:
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
                     await self.index.call(_save_files, self.name, self.files, touched, gone)
                     self.state = "idle"
             if failed:
-                # Content no online peer could give yet: try again soon, then less often.
+                # Content no online peer could give yet, or a file that changed under
+                # us: rescan, and try again soon, then less often.
                 self.failures += 1
+                self.wake.set()
                 await trio.sleep(min(2.0 * self.failures, 30.0))
                 self.sync.dirty.set()
             else:
@@ -273,7 +280,25 @@ class FolderManager:
 
     # -- content ---------------------------------------------------------------------
 
-    async def obtain(self, object_id: str, size: int, dest: Path) -> None:
+    async def _obtain_small(self, object_id: str, dest: Path, sharing: set[bytes]) -> bool:
+        """One round trip for a small object: ask the peers sharing the folder first."""
+        links = sorted(self.links(), key=lambda link: link.device_id.digest not in sharing)
+        for link in links:
+            try:
+                reply = await link.request("obj.small", {"id": object_id})
+            except DizzyError:
+                continue
+            data = reply.get("data")
+            if not isinstance(data, bytes) or blake3.blake3(data).hexdigest() != object_id:
+                log.warning("peer %s sent corrupt data for %s", link.device_id.short,
+                            object_id)
+                continue
+            await trio.to_thread.run_sync(_write_new, dest, data)
+            return True
+        return False
+
+    async def obtain(self, object_id: str, size: int, dest: Path,
+                     sharing: set[bytes] | None = None) -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
         (renames and duplicates cost no transfer), else from peers."""
         local = self.store.object_path(object_id)
@@ -289,6 +314,9 @@ class FolderManager:
                 return
             except DizzyError:
                 pass  # changed since it was scanned: fetch it instead
+        if size <= SMALL_OBJECT_MAX and await self._obtain_small(object_id, dest,
+                                                                 sharing or set()):
+            return
         kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
                                                deliver_to=dest)
         if kind != "delivered":
@@ -384,6 +412,16 @@ class FolderManager:
             if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, inode):
                 return path, size
         return None
+
+
+def _write_new(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    finally:
+        os.close(fd)
 
 
 def _load_files(conn: sqlite3.Connection, folder: str) -> dict[str, ScannedFile]:

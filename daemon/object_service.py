@@ -10,6 +10,7 @@ from typing import Any
 
 import trio
 
+from dizzy.protocol.chunking import CHUNK_MIN
 from dizzy.protocol.errors import NotFound, UsageError
 from dizzy.protocol.ids import parse_object_id
 from dizzy.protocol.peer_wire import Request
@@ -73,10 +74,30 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
             raise NotFound(f"object {object_id[:16]}... is shorter than its outboard")
         return {"data": data}
 
+    async def small(link: PeerLink, request: Request) -> dict[str, Any]:
+        """A whole small object in one reply: no outboard round trip for small files."""
+        object_id = _object_id(request)
+        path = await trio.to_thread.run_sync(source_path, object_id)
+        data = await trio.to_thread.run_sync(_read_small, path)
+        return {"data": data}
+
+    peers.handlers["obj.small"] = small
     peers.handlers["obj.stat"] = stat
     peers.handlers["obj.outboard"] = outboard
     peers.handlers["obj.tree"] = tree
     peers.handlers["obj.chunk"] = chunk
+
+
+#: objects up to this size travel whole in one "obj.small" reply (one chunk at most)
+SMALL_OBJECT_MAX = CHUNK_MIN
+
+
+def _read_small(path: os.PathLike[str]) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(SMALL_OBJECT_MAX + 1)
+    if len(data) > SMALL_OBJECT_MAX:
+        raise UsageError("object too large for obj.small; use obj.outboard and obj.chunk")
+    return data
 
 
 def _pread(path: os.PathLike[str], offset: int, length: int) -> bytes:

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import blake3
 import trio
+import watchfiles
 
 from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
 from dizzy.protocol.ids import DeviceId
@@ -54,6 +55,9 @@ MODES: tuple[FolderMode, ...] = ("send-receive", "send-only", "receive-only")
 #: a rescan with nothing changed costs only stat calls; this bounds how stale the
 #: index can be where file-system events are missed
 RESCAN_INTERVAL = 10.0
+#: file-system events are gathered this long before a rescan: a burst of writes (an
+#: unpacked archive) costs one scan, not thousands
+WATCH_DEBOUNCE_MS = 200
 
 
 @dataclass
@@ -92,6 +96,7 @@ class FolderRunner:
             )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._apply_loop)
+                nursery.start_soon(self._watch)
                 for link in list(self.manager.links()):
                     nursery.start_soon(self.manager.pull_folder, link, self)
                 while True:
@@ -99,6 +104,20 @@ class FolderRunner:
                     with trio.move_on_after(RESCAN_INTERVAL):
                         await self.wake.wait()
                     self.wake = trio.Event()
+
+    async def _watch(self) -> None:
+        """Rescan soon after the file system says something changed (inotify through
+        watchfiles); the periodic rescan covers whatever a watch misses."""
+        while True:
+            try:
+                async for _changes in watchfiles.awatch(
+                    self.path, debounce=WATCH_DEBOUNCE_MS, step=50, recursive=True,
+                    watch_filter=_not_our_temp_file, ignore_permission_denied=True,
+                ):
+                    self.wake.set()
+            except Exception as exc:  # the folder vanished, too many watches...
+                log.debug("watching %s stopped: %s", self.path, exc)
+            await trio.sleep(RESCAN_INTERVAL)
 
     async def _apply_loop(self) -> None:
         assert self.sync is not None
@@ -412,6 +431,12 @@ class FolderManager:
             if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, inode):
                 return path, size
         return None
+
+
+def _not_our_temp_file(change: Any, path: str) -> bool:
+    # Our own temp files (".name.dizzy-xxxx.tmp") come and go while we apply changes.
+    name = os.path.basename(path)
+    return not (name.startswith(".") and ".dizzy-" in name and name.endswith(".tmp"))
 
 
 def _write_new(path: Path, data: bytes) -> None:

@@ -78,6 +78,20 @@ class Client:
         info: dict[str, Any] = self.call("peers")
         return list(info["paired"])
 
+    def share(self, name: str, path: str | os.PathLike[str],
+              mode: str = "send-receive") -> dict[str, Any]:
+        """Share a folder under ``name``; returns it as ``folders()`` lists it."""
+        info: dict[str, Any] = self.call(
+            "share", {"name": name, "path": os.path.abspath(path), "mode": mode})
+        return info
+
+    def unshare(self, name: str) -> None:
+        self.call("unshare", {"name": name})
+
+    def folders(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.call("folders")
+        return result
+
     def stat(self, object_id: str) -> dict[str, Any]:
         info: dict[str, Any] = self.call("stat", {"id": parse_object_id(object_id)})
         return info

@@ -82,7 +82,8 @@ class Client:
               mode: str = "send-receive") -> dict[str, Any]:
         """Share a folder under ``name``; returns it as ``folders()`` lists it."""
         info: dict[str, Any] = self.call(
-            "share", {"name": name, "path": os.path.abspath(path), "mode": mode})
+            "share", {"name": name, "path": os.path.abspath(os.path.expanduser(path)),
+                      "mode": mode})
         return info
 
     def unshare(self, name: str) -> None:

@@ -10,8 +10,10 @@ never taken as "everything was deleted".
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
 import sqlite3
 import time
 from collections.abc import Mapping
@@ -89,6 +91,10 @@ class FolderRunner:
 
     async def run(self) -> None:
         with self.cancel_scope:
+            removed = await trio.to_thread.run_sync(_remove_stale_temps, self.path)
+            if removed:
+                log.info("folder %s: removed %d temp file(s) an interrupted sync left",
+                         self.name, removed)
             self.files = await self.index.call(_load_files, self.name)
             self.sync = await self.index.call(
                 load_state, self.name, self.manager.me, self.manager.key,
@@ -431,6 +437,21 @@ class FolderManager:
             if (st.st_size, st.st_mtime_ns, st.st_ino) == (size, mtime_ns, inode):
                 return path, size
         return None
+
+
+_OUR_TEMP = re.compile(r"\..+\.dizzy-[0-9a-f]{8}\.tmp")
+
+
+def _remove_stale_temps(root: Path) -> int:
+    """Temp files of ours that a killed daemon left in the folder (never a final name)."""
+    removed = 0
+    for dirpath, _dirs, names in os.walk(root):
+        for name in names:
+            if _OUR_TEMP.fullmatch(name):
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(dirpath, name))
+                    removed += 1
+    return removed
 
 
 def _not_our_temp_file(change: Any, path: str) -> bool:

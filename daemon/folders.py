@@ -158,20 +158,24 @@ class FolderRunner:
                 self.failures = 0
 
     async def scan_once(self) -> None:
-        self.state = "scanning"
-        try:
-            result = await trio.to_thread.run_sync(scan, self.path, self.files)
-        except FolderMissing as exc:
-            # An unmounted disk must never look like "everything was deleted".
-            if self.state != "error" or self.error != exc.message:
-                log.warning("folder %s paused: %s", self.name, exc.message)
-            self.state, self.error = "error", exc.message
-            return
-        except OSError as exc:
-            self.state, self.error = "error", f"cannot scan {self.path}: {exc.strerror}"
-            log.warning("folder %s: %s", self.name, self.error)
-            return
+        # Scans and applies take strict turns: a scan running beside an apply would
+        # take the files it is writing for local edits.
         async with self.lock:
+            previous_error = self.error
+            self.state = "scanning"
+            try:
+                result = await trio.to_thread.run_sync(scan, self.path, self.files)
+            except FolderMissing as exc:
+                # An unmounted disk must never look like "everything was deleted".
+                if previous_error != exc.message:
+                    log.warning("folder %s paused: %s", self.name, exc.message)
+                self.state, self.error = "error", exc.message
+                return
+            except OSError as exc:
+                self.state, self.error = "error", f"cannot scan {self.path}: {exc.strerror}"
+                if previous_error != self.error:
+                    log.warning("folder %s: %s", self.name, self.error)
+                return
             await self._record_scan(result)
 
     async def _record_scan(self, result: Any) -> None:

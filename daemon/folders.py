@@ -103,6 +103,9 @@ class FolderRunner:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._apply_loop)
                 nursery.start_soon(self._watch)
+                # Tell the peers we are here: those sharing the name pull from us (and
+                # so list us) even before we have a change of our own.
+                nursery.start_soon(self.manager.announce, self.name)
                 for link in list(self.manager.links()):
                     nursery.start_soon(self.manager.pull_folder, link, self)
                 while True:
@@ -294,6 +297,7 @@ class FolderManager:
     async def _serve_heads(self, link: PeerLink, request: Request) -> dict[str, Any]:
         runner = self._runner_for(request)
         assert runner.sync is not None
+        runner.sync.peers.add(link.device_id.digest)  # it asks: it shares this folder
         return {"heads": await self.index.call(heads_for, runner.sync, self.key)}
 
     async def _serve_log(self, link: PeerLink, request: Request) -> dict[str, Any]:

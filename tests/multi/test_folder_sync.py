@@ -286,10 +286,6 @@ def test_three_devices(tmp_path: Path) -> None:
         assert {ids["a"], ids["b"]} <= set(info["peers"])
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "daemon bug: a device that shares a folder with nothing to announce is never "
-    "recorded as a peer of it by devices that shared first (FolderManager._serve_heads "
-    "does not add the asking device to SyncState.peers; share() announces nothing)"))
 def test_first_sharer_lists_a_late_joiner_as_peer(tmp_path: Path) -> None:
     fa, fb = tmp_path / "fa", tmp_path / "fb"
     fa.mkdir()

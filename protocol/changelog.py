@@ -34,7 +34,6 @@ from functools import cached_property
 from typing import Any, Final, Literal, get_args
 
 import blake3
-import msgpack
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -52,7 +51,7 @@ from .errors import (
     Rollback,
     UnsafePath,
 )
-from .framing import pack_value
+from .framing import pack_value, unpack_one
 from .ids import DeviceId
 from .manifest import MAX_ENTRY_SIZE, MAX_LINK_TARGET_BYTES, MAX_MODE
 from .paths import validate_name, validate_relpath
@@ -193,7 +192,7 @@ class LogEntry:
         """Parse a peer's entry; any ``RemoteProtocolError`` if not exactly canonical."""
         if len(data) > MAX_ENTRY_BYTES:
             raise RemoteProtocolError(f"log entry larger than {MAX_ENTRY_BYTES} bytes")
-        value = _unpack_one(data, "log entry")
+        value = unpack_one(data, "log entry")
         if not (type(value) is list and len(value) == 14 and value[0] == LOG_MAGIC):
             raise RemoteProtocolError('log entry: want ["dizzy/log/1", 13 fields]')
         (_, folder, device, seq, prev, path, kind, deleted, raw_object_id, size,
@@ -229,13 +228,6 @@ def _check_link_target(path: str, target: str) -> None:
         raise LocalProtocolError(f"{path!r}: link target too long")
 
 
-def _unpack_one(data: Buffer, what: str) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except msgpack.ExtraData as exc:
-        raise RemoteProtocolError(f"{what}: trailing bytes after the value") from exc
-    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
-        raise RemoteProtocolError(f"{what}: malformed msgpack: {exc}") from exc
 
 
 def _head_message(folder: str, device: bytes, seq: int, head_hash: bytes) -> bytes:
@@ -294,7 +286,7 @@ class SignedHead:
         """Parse a peer's head (not yet verified: call ``verify``)."""
         if len(data) > MAX_HEAD_BYTES:
             raise RemoteProtocolError(f"log head larger than {MAX_HEAD_BYTES} bytes")
-        value = _unpack_one(data, "log head")
+        value = unpack_one(data, "log head")
         if not (type(value) is list and len(value) == 6 and value[0] == HEAD_MAGIC):
             raise RemoteProtocolError('log head: want ["dizzy/head/1", 5 fields]')
         try:

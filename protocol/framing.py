@@ -56,6 +56,17 @@ def _unpack(body: bytes | memoryview) -> Any:
         raise RemoteProtocolError(f"malformed frame body: {exc}") from exc
 
 
+def unpack_one(data: bytes | bytearray | memoryview, what: str) -> Any:
+    """Exactly one msgpack value and nothing after it (canonical formats' decoders)."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    except msgpack.ExtraData as exc:
+        raise RemoteProtocolError(f"{what}: trailing bytes after the value") from exc
+    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
+        # truncated input raises ValueError ("Unpack failed: incomplete input")
+        raise RemoteProtocolError(f"{what}: malformed msgpack: {exc}") from exc
+
+
 def pack_value(value: Any) -> bytes:
     """The canonical msgpack encoding dizzy uses (bin for bytes, str for text)."""
     return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]

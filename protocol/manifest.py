@@ -20,11 +20,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 import blake3
-import msgpack
 
 from .chunking import CHUNK_MAX, Buffer
 from .errors import LocalProtocolError, RemoteProtocolError, UnsafePath
-from .framing import pack_value
+from .framing import pack_value, unpack_one
 from .paths import MAX_RELPATH_BYTES, validate_name
 
 TREE_MAGIC: Final = "dizzy/tree/1"
@@ -136,7 +135,7 @@ class TreeManifest:
         """
         if len(data) > MAX_TREE_BYTES:
             raise RemoteProtocolError(f"tree manifest larger than {MAX_TREE_BYTES} bytes")
-        value = _unpack_one(data)
+        value = unpack_one(data, "tree manifest")
         if not (type(value) is list and len(value) == 2 and value[0] == TREE_MAGIC):
             raise RemoteProtocolError("tree manifest: want [\"dizzy/tree/1\", entries]")
         raw_entries = value[1]
@@ -192,12 +191,3 @@ def _decode_entry(raw: object) -> TreeEntry:
         return TreeEntry(name, kind, mode, size, ref)
     except LocalProtocolError as exc:
         raise RemoteProtocolError(f"tree entry: {exc}") from exc
-
-
-def _unpack_one(data: Buffer) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except msgpack.ExtraData as exc:
-        raise RemoteProtocolError("tree manifest: trailing bytes after the value") from exc
-    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
-        raise RemoteProtocolError(f"tree manifest: malformed msgpack: {exc}") from exc

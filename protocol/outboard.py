@@ -16,14 +16,13 @@ from __future__ import annotations
 import bisect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import blake3
-import msgpack
 
 from .chunking import CHUNK_MAX, CHUNK_MIN, Buffer, StreamChunker
 from .errors import LocalProtocolError, RemoteProtocolError, UsageError
-from .framing import pack_value
+from .framing import pack_value, unpack_one
 
 OUTBOARD_MAGIC: Final = "dizzy/outboard/1"
 HASH_LEN: Final = 32
@@ -128,7 +127,7 @@ class Outboard:
     @classmethod
     def decode(cls, data: Buffer, expected_object_id: str | None = None) -> Outboard:
         """Parse and validate a peer's outboard; ``RemoteProtocolError`` if bad."""
-        value = _unpack_one(data, "outboard")
+        value = unpack_one(data, "outboard")
         if not (type(value) is list and len(value) == 5):
             raise RemoteProtocolError("outboard: want a 5-element array")
         magic, raw_id, size, lengths, hashes = value
@@ -174,15 +173,6 @@ class Outboard:
         return len(data) == chunk.length and blake3.blake3(data).digest() == chunk.hash
 
 
-def _unpack_one(data: Buffer, what: str) -> Any:
-    """Exactly one msgpack value, nothing after it; str keys/values must be UTF-8."""
-    try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
-    except msgpack.ExtraData as exc:
-        raise RemoteProtocolError(f"{what}: trailing bytes after the value") from exc
-    except (ValueError, TypeError, msgpack.FormatError, msgpack.StackError) as exc:
-        # truncated input raises ValueError ("Unpack failed: incomplete input")
-        raise RemoteProtocolError(f"{what}: malformed msgpack: {exc}") from exc
 
 
 class OutboardBuilder:

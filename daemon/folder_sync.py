@@ -135,14 +135,13 @@ def _save_entries(conn: sqlite3.Connection, entries: list[LogEntry],
 
 def _save_versions(conn: sqlite3.Connection, folder: str,
                    versions: dict[str, VersionVector | None]) -> None:
+    gone = [(folder, path) for path, version in versions.items() if version is None]
+    kept = [(folder, path, version.encode()) for path, version in versions.items()
+            if version is not None]
     with conn:
-        for path, version in versions.items():
-            if version is None:
-                conn.execute("DELETE FROM folder_versions WHERE folder = ? AND path = ?",
-                             (folder, path))
-            else:
-                conn.execute("INSERT OR REPLACE INTO folder_versions (folder, path, version) "
-                             "VALUES (?, ?, ?)", (folder, path, version.encode()))
+        conn.executemany("DELETE FROM folder_versions WHERE folder = ? AND path = ?", gone)
+        conn.executemany("INSERT OR REPLACE INTO folder_versions (folder, path, version) "
+                         "VALUES (?, ?, ?)", kept)
 
 
 def forget_folder_logs(conn: sqlite3.Connection, folder: str) -> None:

@@ -135,6 +135,9 @@ class FolderRunner:
             self.sync.dirty = trio.Event()
             if self.mode == "send-only" or self.state == "error":
                 continue
+            if not self.sync.replicas:
+                # Only our own log: the fold is what the disk already holds.
+                continue
             async with self.lock:
                 self.state = "syncing"
                 applier = Applier(self.path, self.sync, self.files, self.index,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,6 +53,16 @@ class Call:
             wanted = " or ".join(k.__name__ for k in kinds)
             raise UsageError(f"{self.method}: parameter {name!r} must be {wanted}")
         return value
+
+    def abs_path(self, name: str) -> Path:
+        """A path parameter: absolute (the client resolves it), no NUL."""
+        raw = self.param(name, str)
+        if "\0" in raw:
+            raise UsageError(f"{name} contains a NUL byte")
+        path = Path(raw)
+        if not path.is_absolute():
+            raise UsageError(f"{name} must be an absolute path (the client resolves it)")
+        return path
 
     async def send_progress(self, done: int, total: int | None, what: str = "") -> None:
         await self._send(Progress(done, total, what))

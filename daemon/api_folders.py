@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
-
-from dizzy.protocol.errors import UsageError
 
 from .api import Call, ControlApi
 from .folders import FolderManager
@@ -13,11 +10,8 @@ from .folders import FolderManager
 
 def register(api: ControlApi, folders: FolderManager) -> None:
     async def share(call: Call) -> dict[str, Any]:
-        raw = call.param("path", str)
-        if "\0" in raw:
-            raise UsageError("path contains a NUL byte")
         mode = call.param("mode", str, default="send-receive")
-        return await folders.share(call.param("name", str), Path(raw), mode)
+        return await folders.share(call.param("name", str), call.abs_path("path"), mode)
 
     async def unshare(call: Call) -> dict[str, Any]:
         name = call.param("name", str)

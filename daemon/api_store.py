@@ -12,23 +12,13 @@ import trio
 
 from dizzy import __version__
 from dizzy.protocol.control import DATA_BLOCK
-from dizzy.protocol.errors import DizzyError, StorageError, TimedOut, UsageError
+from dizzy.protocol.errors import DizzyError, StorageError, TimedOut
 from dizzy.protocol.ids import parse_object_id
 
 from .api import Call, ControlApi
 from .context import DaemonContext
 from .nurseries import open_helper_nursery
 from .progress import ProgressCounter
-
-
-def _abs_path(call: Call, name: str) -> Path:
-    raw = call.param(name, str)
-    if "\0" in raw:
-        raise UsageError(f"{name} contains a NUL byte")
-    path = Path(raw)
-    if not path.is_absolute():
-        raise UsageError(f"{name} must be an absolute path (the client resolves it)")
-    return path
 
 
 def register(api: ControlApi, ctx: DaemonContext) -> None:
@@ -53,7 +43,7 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
         return result
 
     async def put(call: Call) -> dict[str, Any]:
-        path = _abs_path(call, "path")
+        path = call.abs_path("path")
         counter = ProgressCounter(what="put")
         async with call.reporting(counter):
             result = await trio.to_thread.run_sync(
@@ -96,7 +86,7 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
 
     async def get(call: Call) -> dict[str, Any]:
         object_id = parse_object_id(call.param("id", str))
-        dest = _abs_path(call, "dest")
+        dest = call.abs_path("dest")
         if not dest.parent.is_dir():
             raise StorageError(f"output directory does not exist: {dest.parent}")
         counter = ProgressCounter(what="get")

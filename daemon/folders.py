@@ -43,7 +43,7 @@ from .folder_sync import (
 )
 from .identity import Identity, public_key_of_cert
 from .index import Index
-from .object_service import SMALL_OBJECT_MAX
+from .object_service import SMALL_OBJECT_MAX, locate_content
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
@@ -337,11 +337,9 @@ class FolderManager:
                      sharing: set[bytes] | None = None) -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
         (renames and duplicates cost no transfer), else from peers."""
-        local = self.store.object_path(object_id)
-        source: Path | None = local if local.exists() else None
-        if source is None:
-            found = await trio.to_thread.run_sync(self.sync_find_object, object_id)
-            source = found[0] if found else None
+        source = await trio.to_thread.run_sync(
+            locate_content, self.store, self.sync_find_object, object_id
+        )
         counter = ProgressCounter()
         if source is not None:
             try:

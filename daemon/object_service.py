@@ -32,12 +32,10 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
     """``locate`` finds objects outside the store: files in shared folders, in place."""
 
     def source_path(object_id: str) -> Path:
-        if store.object_path(object_id).exists():
-            return store.object_path(object_id)
-        found = locate(object_id) if locate is not None else None
-        if found is None:
+        path = locate_content(store, locate, object_id)
+        if path is None:
             raise NotFound(f"object {object_id[:16]}... is not here (any more)")
-        return found[0]
+        return path
 
     async def stat(link: PeerLink, request: Request) -> dict[str, Any]:
         object_id = _object_id(request)
@@ -86,6 +84,18 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
     peers.handlers["obj.outboard"] = outboard
     peers.handlers["obj.tree"] = tree
     peers.handlers["obj.chunk"] = chunk
+
+
+def locate_content(store: ObjectStore,
+                   find_shared: Callable[[str], tuple[Path, int] | None] | None,
+                   object_id: str) -> Path | None:
+    """Where this device holds ``object_id``'s bytes: the store first, then a file in a
+    shared folder still as scanned.  Blocking (a stat and an index query)."""
+    stored = store.object_path(object_id)
+    if stored.exists():
+        return stored
+    found = find_shared(object_id) if find_shared is not None else None
+    return found[0] if found is not None else None
 
 
 #: objects up to this size travel whole in one "obj.small" reply (one chunk at most)

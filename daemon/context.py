@@ -8,6 +8,7 @@ from typing import Any
 
 import trio
 
+from .events import EventBus
 from .home import Home
 from .identity import Identity
 from .index import Index
@@ -32,5 +33,7 @@ class DaemonContext:
     nursery: trio.Nursery
     name: str
     started: float = field(default_factory=time.time)
+    #: what happened, for `dizzy events`, Client.events() and the GUI
+    events: EventBus = field(default_factory=EventBus)
     #: services added by later layers (peers, discovery...) keyed by name
     services: dict[str, Any] = field(default_factory=dict)

@@ -7,6 +7,12 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.daemons import DaemonProcess, running_daemon
+# the fuzz input counter's hooks (see tests/fuzz_counter.py)
+from tests.fuzz_counter import (  # noqa: F401
+    pytest_configure,
+    pytest_runtest_call,
+    pytest_terminal_summary,
+)
 
 # The machines running this suite are shared and noisy: timing-based health checks and
 # per-example deadlines would fail tests for the machine's load, not for a defect.

@@ -21,7 +21,7 @@ from dizzy.protocol.framing import (
     encode_frame,
     unpack_one,
 )
-from tests.fuzz.strategies import examples, msgpack_values, mutated_bytes
+from tests.fuzz.strategies import examples, msgpack_values, mutated_bytes_of
 from tests.fuzz_counter import tick
 
 #: valid one-value encodings to mutate
@@ -119,7 +119,7 @@ def test_oversized_header_refused_before_the_body(length: int, body: bytes) -> N
 
 
 @examples(5000)
-@given(data=st.one_of(st.binary(max_size=300), st.sampled_from(CORPUS).flatmap(mutated_bytes)))
+@given(data=st.one_of(st.binary(max_size=300), mutated_bytes_of(CORPUS)))
 def test_unpack_one_accepts_one_value_or_raises_remote_error(data: bytes) -> None:
     tick()
     try:

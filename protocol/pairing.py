@@ -197,12 +197,17 @@ def _check_identity(public_key: object, cert_pem: object, name: object,
         constraints = cert.extensions.get_extension_for_class(x509.BasicConstraints)
         if not constraints.value.ca:
             raise blame("the device certificate is not marked CA (BasicConstraints)")
+    except ProtocolError:
+        raise
     except InvalidSignature:
         raise blame("the device certificate is not self-signed by its key") from None
     except x509.ExtensionNotFound:
         raise blame("the device certificate lacks BasicConstraints") from None
-    except (ValueError, TypeError) as exc:
-        raise blame(f"unreadable device certificate: {exc}") from None
+    # cryptography parses lazily and raises assorted types for a malformed certificate:
+    # ValueError, but also InvalidVersion, DuplicateExtension, UnsupportedAlgorithm...
+    # (found by fuzzing; any of them escaping here used to stop the whole daemon).
+    except Exception as exc:
+        raise blame(f"unreadable device certificate: {type(exc).__name__}: {exc}") from None
 
 
 def _size(value: Any) -> int:

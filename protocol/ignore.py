@@ -24,8 +24,11 @@ Sans-IO: this module sees only strings; reading the file is the scanner's job.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Final
+
+from . import wildmatch
 
 #: the ignore file, at the folder root only
 IGNORE_FILE: Final = ".dizzyignore"
@@ -33,30 +36,6 @@ IGNORE_FILE: Final = ".dizzyignore"
 # The temp files dizzy writes beside a destination before renaming it into place
 # (daemon.fsutil.temp_name_beside): half-written data, never synced.
 _TEMP_NAME: Final = re.compile(r"\..*\.dizzy-[^/]*\.tmp", re.DOTALL)
-
-# POSIX classes git's wildmatch accepts inside [...], as regex class contents.
-_POSIX_CLASSES: Final = {
-    "alnum": "a-zA-Z0-9",
-    "alpha": "a-zA-Z",
-    "blank": " \\t",
-    "cntrl": "\\x00-\\x1f\\x7f",
-    "digit": "0-9",
-    "graph": "!-~",
-    "lower": "a-z",
-    "print": " -~",
-    "punct": "!-/:-@\\[-`{-~",
-    "space": " \\t\\n\\r\\f\\v",
-    "upper": "A-Z",
-    "xdigit": "0-9A-Fa-f",
-}
-
-# A pattern git's wildmatch gives up on (an unclosed "[", a trailing "\") matches
-# nothing; this regex never matches.
-_NEVER: Final = "(?!)"
-
-
-class _Unmatchable(Exception):
-    """Internal: the pattern can never match (git treats it the same way)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +50,14 @@ class IgnorePattern:
     dir_only: bool
     #: matched against the whole relative path, not just the last component
     anchored: bool
+    #: for patterns ``regex`` could backtrack on exponentially (several wildcards)
+    bounded: wildmatch.BoundedMatcher | None = field(default=None, compare=False)
+
+    def matcher(self) -> Callable[[str], object]:
+        """``fullmatch`` of this pattern, in time bounded by path x pattern length."""
+        if self.bounded is not None:
+            return self.bounded.fullmatch
+        return re.compile(self.regex, re.DOTALL).fullmatch
 
 
 def _trim_trailing_spaces(line: str) -> str:
@@ -86,100 +73,6 @@ def _trim_trailing_spaces(line: str) -> str:
             break
         end -= 1
     return line[:end]
-
-
-def _bracket(pattern: str, start: int) -> tuple[str, int]:
-    """Translate the ``[...]`` at ``pattern[start]``; return (regex, index after it)."""
-    i = start + 1
-    n = len(pattern)
-    negated = i < n and pattern[i] in "!^"
-    if negated:
-        i += 1
-    members: list[str] = []
-    first = True
-    while True:
-        if i >= n:
-            raise _Unmatchable
-        ch = pattern[i]
-        if ch == "]" and not first:
-            i += 1
-            break
-        first = False
-        if ch == "[" and pattern.startswith("[:", i):
-            close = pattern.find(":]", i + 2)
-            if close != -1:
-                name = pattern[i + 2 : close]
-                if name not in _POSIX_CLASSES:
-                    raise _Unmatchable  # wildmatch aborts on an unknown class
-                members.append(_POSIX_CLASSES[name])
-                i = close + 2
-                continue
-        if ch == "\\":
-            i += 1
-            if i >= n:
-                raise _Unmatchable
-            ch = pattern[i]
-        i += 1
-        if i + 1 < n and pattern[i] == "-" and pattern[i + 1] != "]":
-            hi = pattern[i + 1]
-            i += 2
-            if hi == "\\":
-                if i >= n:
-                    raise _Unmatchable
-                hi = pattern[i]
-                i += 1
-            if ch <= hi:  # a reversed range is empty in wildmatch, an error in re
-                members.append(f"{re.escape(ch)}-{re.escape(hi)}")
-            continue
-        members.append(re.escape(ch))
-    body = "".join(members)
-    # Under gitignore's path rules a bracket never matches "/", whatever it lists.
-    if negated:
-        return f"[^/{body}]", i
-    if not body:
-        return _NEVER, i
-    return f"(?!/)[{body}]", i
-
-
-def _translate(pattern: str) -> str:
-    """Regex source for a wildmatch pattern (with ``/`` as the path separator)."""
-    out: list[str] = []
-    i = 0
-    n = len(pattern)
-    while i < n:
-        ch = pattern[i]
-        if ch == "*":
-            run_end = i
-            while run_end < n and pattern[run_end] == "*":
-                run_end += 1
-            at_start = i == 0 or pattern[i - 1] == "/"
-            if run_end - i >= 2 and at_start and run_end == n:
-                # "a/**": everything inside a; "**" alone: everything
-                out.append(".*")
-                i = run_end
-            elif run_end - i >= 2 and at_start and pattern[run_end] == "/":
-                # "**/" and "/**/": zero or more whole directories
-                out.append("(?:.*/)?")
-                i = run_end + 1
-            else:
-                # any other run of stars is one "*" (gitignore: "regular asterisks")
-                out.append("[^/]*")
-                i = run_end
-        elif ch == "?":
-            out.append("[^/]")
-            i += 1
-        elif ch == "[":
-            regex, i = _bracket(pattern, i)
-            out.append(regex)
-        elif ch == "\\":
-            if i + 1 >= n:
-                raise _Unmatchable
-            out.append(re.escape(pattern[i + 1]))
-            i += 2
-        else:
-            out.append(re.escape(ch))
-            i += 1
-    return "".join(out)
 
 
 def parse_pattern(line: str) -> IgnorePattern | None:
@@ -199,13 +92,16 @@ def parse_pattern(line: str) -> IgnorePattern | None:
     if not text:
         return None  # "/" or "!/": git matches nothing with these
     try:
-        regex = _translate(text)
-    except _Unmatchable:
-        regex = _NEVER
-    return IgnorePattern(line, regex, negated, dir_only, anchored)
+        toks = wildmatch.tokens(text)
+    except wildmatch.Unmatchable:
+        toks = [wildmatch.NEVER]
+    bounded = None if wildmatch.backtracking_is_linear(toks) else wildmatch.BoundedMatcher(toks)
+    return IgnorePattern(line, wildmatch.regex(toks), negated, dir_only, anchored, bounded)
 
 
 def _any_of(patterns: list[IgnorePattern]) -> re.Pattern[str] | None:
+    # Only patterns whose regex backtracks linearly: an alternation of those stays linear.
+    patterns = [p for p in patterns if p.bounded is None]
     if not patterns:
         return None
     return re.compile("|".join(f"(?:{p.regex})" for p in patterns), re.DOTALL)
@@ -214,12 +110,18 @@ def _any_of(patterns: list[IgnorePattern]) -> re.Pattern[str] | None:
 class IgnoreRules:
     """The compiled patterns of one ignore file (plus dizzy's fixed rules)."""
 
-    __slots__ = ("_any", "_compiled", "patterns")
+    __slots__ = ("_any", "_compiled", "_slow", "patterns")
 
     def __init__(self, patterns: tuple[IgnorePattern, ...] = ()) -> None:
         self.patterns = patterns
         # Last matching pattern wins, so they are tried newest first.
-        self._compiled = tuple((re.compile(p.regex, re.DOTALL), p) for p in reversed(patterns))
+        self._compiled = tuple((p.matcher(), p) for p in reversed(patterns))
+        # Patterns left out of the combined regexes below, per [is_dir]: with any of
+        # them, every path takes the slow road (they are rare: several wildcards).
+        self._slow = tuple(
+            any(p.bounded is not None and (is_dir or not p.dir_only) for p in patterns)
+            for is_dir in (False, True)
+        )
         # Most paths match no pattern at all: one combined regex per subject (the name
         # or the whole path) and per kind rejects them in one call each, instead of one
         # call per pattern.  Indexed [is_dir][anchored].
@@ -258,17 +160,17 @@ class IgnoreRules:
         if name[:1] == "." and name.endswith(".tmp") and _TEMP_NAME.fullmatch(name):
             return True
         by_name, by_path = self._any[is_dir]
-        if not (
+        if not self._slow[is_dir] and not (
             (by_name is not None and by_name.fullmatch(name))
             or (by_path is not None and by_path.fullmatch(relpath))
         ):
             return False
-        for regex, pattern in self._compiled:
+        for fullmatch, pattern in self._compiled:
             if pattern.dir_only and not is_dir:
                 continue
-            if regex.fullmatch(relpath if pattern.anchored else name):
+            if fullmatch(relpath if pattern.anchored else name):
                 return not pattern.negated
-        return False  # unreachable: the combined regex matched one of them
+        return False
 
     def ignored(self, relpath: str, is_dir: bool) -> bool:
         """Whether ``relpath`` (``/``-separated, relative to the root) is ignored.

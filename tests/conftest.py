@@ -7,6 +7,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from tests.daemons import DaemonProcess, running_daemon
+
 # the fuzz input counter's hooks (see tests/fuzz_counter.py)
 from tests.fuzz_counter import (  # noqa: F401
     pytest_configure,

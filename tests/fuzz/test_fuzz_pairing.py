@@ -368,5 +368,5 @@ def test_nameplate_registry_never_hands_out_a_spent_or_busy_plate(
         except LocalProtocolError:
             assert op == "release" and (plate is None or not plate[1])
         except DizzyError:
-            assert op == "allocate" and len(plates) == 3 or op == "claim" and (
-                plate is None or plate[1] or plate[2])
+            assert (op == "allocate" and len(plates) == 3) or (op == "claim" and (
+                plate is None or plate[1] or plate[2]))

@@ -204,3 +204,18 @@ def test_pattern_fields() -> None:
     plain = parse_pattern("*.o")
     assert plain is not None
     assert (plain.negated, plain.dir_only, plain.anchored) == (False, False, False)
+
+
+def test_many_wildcards_match_in_bounded_time() -> None:
+    """Regression: the regex translation backtracked exponentially in the number of
+    stars (8 s for seven stars against 60 characters; hours for nine).  An ignore
+    file syncs from peers, so that froze a daemon's scanner."""
+    import time
+
+    rules = IgnoreRules.parse("*a*a*a*a*a*a*a*a*a*a*b\n**/**/**/**/**/**/x*y*z\n")
+    started = time.monotonic()
+    assert not rules.ignored("a" * 250, False)
+    assert rules.ignored("a" * 250 + "b", False)
+    assert not rules.ignored("/".join(["xy"] * 100), False)
+    assert rules.ignored("/".join(["d"] * 100) + "/x1y2z", False)
+    assert time.monotonic() - started < 1.0

@@ -96,6 +96,10 @@ async def _serve_client(api: ControlApi, stream: trio.SocketStream) -> None:
         log.warning("dropping control client: %s", exc)
     except (_ClientGone, trio.BrokenResourceError, trio.ClosedResourceError):
         pass
+    except Exception:
+        # A bug handling one client drops that client only (serve_listeners would let
+        # the exception stop the daemon); handlers' own errors are replies already.
+        log.exception("control client failed; closing it")
     finally:
         await stream.aclose()
 

@@ -49,5 +49,11 @@ async def serve_peer_listeners(
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
             log.debug("connection from %s broke: %s", where, exc)
             await trio.aclose_forcefully(stream)
+        except Exception:
+            # A bug in handling one connection (a parser raising something it should
+            # not) costs that connection, never the daemon: serve_listeners would
+            # otherwise let the exception stop every task of the daemon.
+            log.exception("connection from %s failed; closing it", where)
+            await trio.aclose_forcefully(stream)
 
     await trio.serve_listeners(handle, listeners)

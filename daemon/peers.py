@@ -362,6 +362,9 @@ class PeerManager:
         except (ProtocolError, DizzyError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
             log.info("connection to %s ended: %s", device.short, exc or type(exc).__name__)
+        except Exception:
+            # A bug decoding this peer's messages ends this link, not the daemon.
+            log.exception("connection to %s failed; closing it", device.short)
 
     async def _serve_request(self, link: PeerLink, request: Request) -> None:
         async with link.serve_slots:

@@ -84,6 +84,8 @@ class FrameDecoder:
 
     def __init__(self, max_size: int = CONTROL_MAX_FRAME) -> None:
         self.max_size = max_size
+        #: body size of the frame ``next_frame`` returned last (callers bound by kind)
+        self.last_frame_size = 0
         self._buf = bytearray()
         self._eof = False
 
@@ -129,4 +131,5 @@ class FrameDecoder:
             finally:
                 body.release()
         del buf[:end]
+        self.last_frame_size = length
         return value

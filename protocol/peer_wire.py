@@ -36,6 +36,7 @@ from .ids import DeviceId
 __all__ = [
     "EOF",
     "MAX_REQUESTS_IN_FLIGHT",
+    "MAX_REQUEST_FRAME",
     "NEED_DATA",
     "PREAMBLE_MAX_SIZE",
     "PROTOCOL_VERSION",
@@ -154,6 +155,11 @@ PROTOCOL_VERSION: Final = (1, 0)
 #: Requests one side may have outstanding at the other.  Enough to keep a LAN full of
 #: 1 MiB chunks (256 MiB in flight), and the bound on what a flood can make us track.
 MAX_REQUESTS_IN_FLIGHT: Final = 256
+#: Largest frame of a Request or a Notice.  Requests and notices only name things (an
+#: object ID, a folder, a sequence number; a batch of IDs at most), a few KiB; only
+#: replies carry data.  Without this bound a peer's requests in flight, each up to
+#: PEER_MAX_FRAME, could make us hold 256 x 5 MiB of its padding (seen: 1.36 GB).
+MAX_REQUEST_FRAME: Final = 64 * 1024
 #: Shown in `dizzy peers`; a hostname-sized string, not a document.
 MAX_NAME_LEN: Final = 128
 #: ErrorResponse texts end up in logs; long enough for a sentence and a path.
@@ -429,6 +435,12 @@ class PeerSession:
             if value is NEED_DATA or value is EOF:
                 return value
             message = parse_peer_message(value)
+            if isinstance(message, Request | Notice) and \
+                    self._decoder.last_frame_size > MAX_REQUEST_FRAME:
+                raise RemoteProtocolError(
+                    f"peer sent a {type(message).__name__.lower()} of "
+                    f"{self._decoder.last_frame_size} bytes (limit {MAX_REQUEST_FRAME})"
+                )
             self._receive(message)
         except RemoteProtocolError as exc:
             self._broken = exc
@@ -470,6 +482,11 @@ class PeerSession:
         elif isinstance(message, Response | ErrorResponse) and message.id not in self._serving:
             raise LocalProtocolError(f"no request {message.id} from the peer to answer")
         data = encode_frame(message.to_wire(), PEER_MAX_FRAME)
+        if isinstance(message, Request | Notice) and len(data) - 4 > MAX_REQUEST_FRAME:
+            raise LocalProtocolError(
+                f"a {type(message).__name__.lower()} of {len(data) - 4} bytes exceeds "
+                f"the limit {MAX_REQUEST_FRAME}"
+            )
         # Commit state only once encoding succeeded, so a too-large frame leaves the
         # session as it was and the caller may send something else.
         self._our_phase = phase

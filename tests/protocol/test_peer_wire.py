@@ -412,3 +412,28 @@ def test_choose_connection_exactly_one_side_dials(x: bytes, y: bytes) -> None:
         return
     p, q = DeviceId(x), DeviceId(y)
     assert {choose_connection(p, q), choose_connection(q, p)} == {"dial", "wait"}
+
+
+def test_requests_and_notices_are_small() -> None:
+    """Regression: a paired peer could pad each of its 256 requests in flight to 5 MiB and
+    make the victim hold 1.36 GB.  Only replies may be big."""
+    from dizzy.protocol.framing import PEER_MAX_FRAME, encode_frame
+    from dizzy.protocol.peer_wire import MAX_REQUEST_FRAME
+
+    pad = b"x" * MAX_REQUEST_FRAME
+    for big in (Request(1, "obj.chunk", {"pad": pad}), Notice("folder.changed", {"pad": pad})):
+        sender = PeerSession("a")
+        sender.send(sender.hello)
+        with pytest.raises(LocalProtocolError):
+            sender.send(big)
+        receiver = PeerSession("b")
+        receiver.receive_data(encode_frame(Hello(PROTOCOL_VERSION, "a").to_wire(),
+                                           PEER_MAX_FRAME)
+                              + encode_frame(big.to_wire(), PEER_MAX_FRAME))
+        assert isinstance(receiver.next_event(), Hello)
+        with pytest.raises(RemoteProtocolError, match="limit"):
+            receiver.next_event()
+    # A reply that big is fine (it carries a chunk), and so is a request just under.
+    ok = PeerSession("a")
+    ok.send(ok.hello)
+    ok.send(Request(2, "obj.chunk", {"pad": b"x" * (MAX_REQUEST_FRAME - 100)}))

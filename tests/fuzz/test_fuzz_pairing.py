@@ -163,7 +163,7 @@ def _feed(receive: Callable[[Any], list[Message]], machine: Any, script: list[An
     return taken
 
 
-@examples(1500)
+@examples(1000)
 @given(seed=seeds)
 @example(seed=0)
 def test_inviter_pairs_only_with_the_genuine_joiner(seed: int) -> None:
@@ -180,7 +180,7 @@ def test_inviter_pairs_only_with_the_genuine_joiner(seed: int) -> None:
         assert inviter.state is State.BURNED  # a failed attempt after a guess burns the code
 
 
-@examples(1500)
+@examples(1000)
 @given(seed=seeds)
 @example(seed=0)
 def test_joiner_pairs_only_with_the_genuine_inviter(seed: int) -> None:
@@ -198,7 +198,7 @@ codes = st.builds(lambda n, w: PairingCode(n, (w[0], w[1], w[2])), st.sampled_fr
                   st.lists(st.sampled_from(WORDS[:6]), min_size=3, max_size=3))
 
 
-@examples(400)
+@examples(300)
 @given(joiner_code=codes, seed=seeds)
 def test_a_wrong_code_never_pairs_and_burns_the_code(joiner_code: PairingCode, seed: int
                                                      ) -> None:

@@ -101,7 +101,7 @@ def _frames(values: list[Any]) -> bytes:
     return out
 
 
-@examples(4000)
+@examples(3000)
 @given(script=st.lists(st.one_of(st.sampled_from(VALID), peer_values), max_size=6),
        hello_first=st.booleans(), garbage=st.binary(max_size=16))
 def test_session_survives_any_message_sequence(

@@ -231,7 +231,8 @@ BAD_REQUESTS: list[tuple[str, str, dict[str, Any]]] = [
     ("malformed id (int)", "obj.outboard", {"id": 12345}),
     ("malformed id (bytes)", "obj.stat", {"id": b"\x00" * 32}),
     ("malformed id (path)", "obj.tree", {"id": "../../../etc/passwd"}),
-    ("malformed id (huge)", "obj.stat", {"id": "a" * 100_000}),
+    # (just under MAX_REQUEST_FRAME: a bigger request costs the link, see test_hostile_memory)
+    ("malformed id (huge)", "obj.stat", {"id": "a" * 60_000}),
     ("no id", "obj.outboard", {}),
     ("unknown request kind", "obj.nope", {"id": "{id}"}),
     ("unknown request kind 2", "zzz", {}),

@@ -142,8 +142,8 @@ def _hit(open_socket: Callable[[], socket.socket], data: bytes) -> bool:
         try:
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
-            return True  # refused before we finished: closed all right
+        except OSError:  # EPIPE, ECONNRESET, ENOTCONN: it hung up before we finished
+            return True
         return _closed_by_daemon(sock, CLOSE_TIMEOUT)
 
 
@@ -249,7 +249,7 @@ def _control_exchange(path: Path, data: bytes, hang_up: bool) -> tuple[bool, lis
             sock.sendall(data)
             if hang_up:
                 sock.shutdown(socket.SHUT_WR)
-        except (BrokenPipeError, ConnectionResetError):
+        except OSError:  # EPIPE, ECONNRESET, ENOTCONN: it hung up before we finished
             return True, frames
         deadline = time.monotonic() + CLOSE_TIMEOUT
         while time.monotonic() < deadline:

@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -309,6 +310,19 @@ def _fetch_options(p: argparse.ArgumentParser) -> None:
 _EXTENSIONS: list[Callable[[Any], None]] = []
 
 
+#: C0/C1 control characters: newlines, and the escape sequences a terminal obeys
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe for one terminal line: control characters spelt out (``\\n``).
+
+    Error texts can carry what a peer chose (its error messages, its file names): one
+    line each, and no escape sequence of theirs reaches the user's terminal.
+    """
+    return _CONTROL_CHARS.sub(lambda m: repr(m.group())[1:-1], text)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -317,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except DizzyError as exc:
         if args.debug:
             raise
-        print(f"dizzy: {exc.message}", file=sys.stderr)
+        print(f"dizzy: {_one_line(exc.message)}", file=sys.stderr)
         code = exc.exit_code
     except KeyboardInterrupt:
         print("dizzy: interrupted", file=sys.stderr)
@@ -329,8 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        print(f"dizzy: internal error: {type(exc).__name__}: {exc} (rerun with --debug)",
-              file=sys.stderr)
+        print(f"dizzy: internal error: {type(exc).__name__}: {_one_line(str(exc))} "
+              "(rerun with --debug)", file=sys.stderr)
         code = 1
     return code
 

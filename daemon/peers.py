@@ -204,6 +204,9 @@ class PeerManager:
                     except (OSError, DizzyError, trio.BrokenResourceError) as exc:
                         log.debug("dial %s at %s:%d failed: %s", device.short, host, port, exc)
                         continue
+                    except Exception:  # a bug on this dial: that dial fails, not the daemon
+                        log.exception("dial %s at %s:%d failed", device.short, host, port)
+                        continue
                     link = await self._adopt(conn, dialed=True)
                     if link is not None:
                         await self._run_link(link)
@@ -226,6 +229,8 @@ class PeerManager:
                                            name=self.name)
                 except (OSError, DizzyError, trio.BrokenResourceError) as exc:
                     log.debug("dial static peer %s:%d failed: %s", host, port, exc)
+                except Exception:  # a bug on this dial: that dial fails, not the daemon
+                    log.exception("dial static peer %s:%d failed", host, port)
                 else:
                     device = conn.device_id
                     known = self.addresses.setdefault(device, [])

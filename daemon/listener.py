@@ -17,6 +17,11 @@ log = logging.getLogger("dizzy.listener")
 
 #: the default listen port (TCP), when --listen gives none
 DEFAULT_PORT = 22070
+#: Connections not yet authenticated (preamble, TLS handshake, pairing exchange) held
+#: at once; more are closed on arrival.  Each is cut after 10-25 s anyway, and a LAN has
+#: a handful of devices dialling at once: the bound only stops a flood of them from
+#: taking every file descriptor the daemon needs for files, SQLite and its clients.
+MAX_PENDING_CONNECTIONS = 256
 
 
 async def open_peer_listeners(host: str, port: int) -> list[trio.SocketListener]:
@@ -30,16 +35,37 @@ def listen_port(listeners: list[trio.SocketListener]) -> int:
 async def serve_peer_listeners(
     listeners: list[trio.SocketListener], peers: PeerManager, pairing: PairingService
 ) -> None:
+    pending = trio.Semaphore(MAX_PENDING_CONNECTIONS)
+    full = False  # logged once per episode of refusals, not once per connection
+
     async def handle(stream: trio.SocketStream) -> None:
+        nonlocal full
         try:
             addr = stream.socket.getpeername()
             where = f"{addr[0]}:{addr[1]}"
         except OSError:
             where = "?"
         try:
+            pending.acquire_nowait()
+        except trio.WouldBlock:
+            if not full:
+                log.warning("%d connections are already waiting to authenticate; closing "
+                            "new ones until some finish or time out", MAX_PENDING_CONNECTIONS)
+                full = True
+            await trio.aclose_forcefully(stream)
+            return
+        held = True
+
+        def release_slot() -> None:  # authenticated, or done (pairing over, refused, cut)
+            nonlocal held, full
+            if held:
+                held, full = False, False
+                pending.release()
+
+        try:
             preamble = await receive_preamble(stream)
             if preamble.kind is PreambleKind.TRANSPORT:
-                await peers.accept(stream, preamble.claimed_device)
+                await peers.accept(stream, preamble.claimed_device, release_slot)
                 return  # the peer manager owns the stream now
             await pairing.handle_incoming(stream, where)
             await stream.aclose()
@@ -55,5 +81,7 @@ async def serve_peer_listeners(
             # otherwise let the exception stop every task of the daemon.
             log.exception("connection from %s failed; closing it", where)
             await trio.aclose_forcefully(stream)
+        finally:
+            release_slot()
 
     await trio.serve_listeners(handle, listeners)

@@ -141,9 +141,13 @@ class PeerManager:
             await link.conn.aclose()
             self._signal()
 
-    async def accept(self, stream: trio.SocketStream, claimed: DeviceId | None) -> None:
+    async def accept(self, stream: trio.SocketStream, claimed: DeviceId | None,
+                     authenticated: Callable[[], None] | None = None) -> None:
+        """Run an incoming connection; ``authenticated()`` once the peer proved who it is."""
         conn = await accept_peer(stream, self.identity, self.trust.cert_pems(), claimed=claimed,
                                  name=self.name)
+        if authenticated is not None:
+            authenticated()
         if self.trust.get(conn.device_id) is None:  # unpaired between handshake and now
             await conn.aclose()
             return

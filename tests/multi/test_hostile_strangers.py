@@ -204,6 +204,19 @@ def _closed_within(sock: socket.socket, deadline: float) -> bool:
             return False
 
 
+def _closed_now(sock: socket.socket) -> bool:
+    """Whether the daemon has closed ``sock`` already (no waiting)."""
+    sock.setblocking(False)
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    finally:
+        sock.setblocking(True)
+
+
 def test_stalled_connections_are_cut_and_block_nobody(
         trio_of_daemons: tuple[Node, Node, Node, Path]) -> None:
     """Connections that send nothing, or a few bytes, and then stall: V keeps serving
@@ -292,3 +305,46 @@ def test_pairing_brute_force_burns_every_code(
     assert full_log(victim).count("(code burned)") >= 3
     assert [p["id"] for p in victim.peers()] == [friend.device_id()]
     assert all(p["id"] != victim.device_id() for p in stranger.peers())
+
+
+def test_a_flood_of_pending_connections_is_capped(
+        trio_of_daemons: tuple[Node, Node, Node, Path]) -> None:
+    """More unauthenticated connections than MAX_PENDING_CONNECTIONS at once: the extra
+    ones are closed on arrival, so they cannot take every file descriptor V has; V's
+    established link and its CLI keep working, and once the flood times out new
+    connections are served again."""
+    from dizzy.daemon.listener import MAX_PENDING_CONNECTIONS
+
+    victim, friend, _, tmp = trio_of_daemons
+    victim_pid = pid(victim)
+    fds_before = _open_fds(victim_pid)
+    extra = 200
+    socks: list[socket.socket] = []
+    started = time.monotonic()
+    try:
+        for _ in range(MAX_PENDING_CONNECTIONS + extra):
+            socks.append(socket.create_connection(("127.0.0.1", victim.port), 5.0))
+        time.sleep(1.0)
+        peak = max(_open_fds(victim_pid) for _ in range(10) if time.sleep(0.1) is None)
+        closed_at_once = sum(_closed_now(s) for s in socks)
+        assert victim.status()["device_id"] == victim.device_id()
+        friend_gets_fresh_object(victim, friend, tmp, "flood")
+        print(f"\n  {len(socks)} silent connections: {closed_at_once} closed on arrival; "
+              f"V fds {fds_before} -> peak {peak}")
+        assert extra * 0.9 <= closed_at_once <= extra + 30, closed_at_once
+        assert peak <= fds_before + MAX_PENDING_CONNECTIONS + 30, peak
+        assert full_log(victim).count("connections are already waiting") >= 1
+        # The rest time out (preamble: 10 s), and a new connection is served again.
+        for s in socks:
+            assert _closed_within(s, started + PEER_STALL_BOUND)
+    finally:
+        for s in socks:
+            s.close()
+    mark = len(full_log(victim))
+    with socket.create_connection(("127.0.0.1", victim.port), 5.0) as probe:
+        probe.sendall(b"DZY1HTTP")  # a bad preamble: refused at once, so it was read
+        assert _closed_within(probe, time.monotonic() + 5.0)
+    wait_until(lambda: "unknown connection kind" in full_log(victim)[mark:], 5.0,
+               "V to read (and refuse) a new connection after the flood")
+    wait_until(lambda: _open_fds(victim_pid) <= fds_before + 5, 10.0,
+               "V's file descriptors to return to what they were")

@@ -12,10 +12,14 @@ the daemon wait for it.  Memory is bounded by the ring, whatever the subscribers
 
 ``publish`` must be called from the trio thread; worker threads go through
 ``trio.from_thread.run_sync(bus.publish, ...)``.
+
+Every event worth knowing is also logged, here, as one line (daemon/event_text.py):
+the log and the event stream come from the same calls and say the same things.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+from .event_text import describe, log_level, logger_name
 
 #: events kept for late or slow readers; ~1,000 events of a few hundred bytes each
 HISTORY = 1000
@@ -52,12 +58,17 @@ class EventBus:
     def last_id(self) -> int:
         return self._last_id
 
-    def publish(self, type: str, **data: Any) -> Event:
+    def publish(self, type: str, /, *, already_logged: bool = False, **data: Any) -> Event:
+        """Record an event, wake its readers, and log it (unless the caller did, in
+        words tests and users already rely on: ``already_logged``)."""
         self._last_id += 1
         event = Event(self._last_id, self._clock(), type, data)
         self._ring.append(event)
         wakeup, self._wakeup = self._wakeup, trio.Event()
         wakeup.set()
+        level = None if already_logged else log_level(type, data)
+        if level is not None:
+            logging.getLogger(logger_name(type)).log(level, "%s", describe(type, data))
         return event
 
     def recent(self, types: set[str] | None = None, limit: int | None = None) -> list[Event]:

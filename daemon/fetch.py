@@ -30,6 +30,7 @@ from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, RemoteProto
 from dizzy.protocol.manifest import TreeManifest
 from dizzy.protocol.outboard import Outboard
 
+from .events import EventBus
 from .fsutil import fsync_dir, remove_quietly, storage_error
 from .home import Home
 from .index import Index
@@ -38,6 +39,7 @@ from .outboards import Outboards
 from .peers import PeerGone, PeerLink, PeerManager, RemoteError
 from .progress import ProgressCounter
 from .store import UMASK, ObjectStore, hash_window, start_writeback
+from .transfer_events import TransferReport
 
 log = logging.getLogger("dizzy.fetch")
 
@@ -82,6 +84,8 @@ class Transfer:
     landed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     error: DizzyError | None = None
+    #: bytes of the object on disk so far (received now or before a restart)
+    done_bytes: int = 0
 
     def notify(self) -> None:
         self.landed.set()
@@ -90,8 +94,9 @@ class Transfer:
 
 class Fetcher:
     def __init__(self, home: Home, index: Index, store: ObjectStore, outboards: Outboards,
-                 peers: PeerManager) -> None:
+                 peers: PeerManager, *, events: EventBus) -> None:
         self.home = home
+        self.events = events
         self.index = index
         self.store = store
         self.outboards = outboards
@@ -103,8 +108,10 @@ class Fetcher:
 
     async def ensure_local(self, object_id: str, *, wait: bool,
                            progress: ProgressCounter | None = None,
-                           deliver_to: Path | None = None) -> str:
+                           deliver_to: Path | None = None, what: str = "") -> str:
         """Make ``object_id`` (blob or whole tree) local; returns its kind.
+
+        ``what`` names it in transfer events (the path it is fetched for, or "").
 
         With ``deliver_to`` (a blob fetched for ``get -o``), the finished file is renamed
         straight to that path when it is on the same file system, instead of into the
@@ -115,16 +122,17 @@ class Fetcher:
         found = await trio.to_thread.run_sync(self.store.sync_lookup, object_id)
         if found is not None:
             if found[0] == "tree":
-                await self._ensure_tree_contents(object_id, wait, progress)
+                await self._ensure_tree_contents(object_id, wait, progress, what)
             return found[0]
         sources, kind, size = await self._find_sources(object_id, wait=wait)
         if kind == "tree":
             await self._fetch_tree_manifest(object_id, sources)
-            await self._ensure_tree_contents(object_id, wait, progress)
+            await self._ensure_tree_contents(object_id, wait, progress, what)
             return "tree"
         if progress.total is None:
             progress.total = size
-        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to)
+        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to,
+                                                what)
         return "delivered" if delivered else "blob"
 
     async def resume_all(self) -> None:
@@ -203,17 +211,18 @@ class Fetcher:
         raise CorruptData(f"no source sent a valid manifest for tree {tree_id}")
 
     async def _ensure_tree_contents(self, tree_id: str, wait: bool,
-                                    progress: ProgressCounter) -> None:
+                                    progress: ProgressCounter, what: str = "") -> None:
         manifest = await trio.to_thread.run_sync(self.store.sync_read_tree, tree_id)
         if progress.total is None:
             progress.total = sum(e.size for e in manifest.entries if e.kind != "link")
         limiter = trio.CapacityLimiter(TREE_PARALLELISM)
         failures: list[DizzyError] = []
 
-        async def one(ref: str, scope: trio.CancelScope) -> None:
+        async def one(ref: str, name: str, scope: trio.CancelScope) -> None:
             async with limiter:
                 try:
-                    await self.ensure_local(ref, wait=wait, progress=progress)
+                    await self.ensure_local(ref, wait=wait, progress=progress,
+                                            what=os.path.join(what, name) if what else "")
                 except DizzyError as exc:
                     failures.append(exc)  # the first failure ends the whole tree
                     scope.cancel()
@@ -221,14 +230,15 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             for entry in manifest.entries:
                 if entry.kind in ("file", "dir"):
-                    nursery.start_soon(one, entry.ref, nursery.cancel_scope)
+                    nursery.start_soon(one, entry.ref, entry.name, nursery.cancel_scope)
         if failures:
             raise failures[0]
 
     # -- blobs -----------------------------------------------------------------------
 
     async def _fetch_blob_once(self, object_id: str, sources: list[_Source], wait: bool,
-                               progress: ProgressCounter, deliver_to: Path | None) -> bool:
+                               progress: ProgressCounter, deliver_to: Path | None,
+                               what: str) -> bool:
         # Two `get`s of one object share one transfer.
         while (active := self._active.get(object_id)) is not None:
             await active.wait()
@@ -237,7 +247,8 @@ class Fetcher:
         done = trio.Event()
         self._active[object_id] = done
         try:
-            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to)
+            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to,
+                                          what)
         finally:
             del self._active[object_id]
             done.set()
@@ -273,7 +284,8 @@ class Fetcher:
         raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
 
     async def _fetch_blob(self, object_id: str, sources: list[_Source], wait: bool,
-                          progress: ProgressCounter, deliver_to: Path | None) -> bool:
+                          progress: ProgressCounter, deliver_to: Path | None,
+                          what: str) -> bool:
         outboard, received = await self._load_or_start(object_id, sources)
         path = self.home.partial / object_id
         try:
@@ -285,30 +297,34 @@ class Fetcher:
         progress.total = outboard.size
         already = sum(outboard.chunks[i].length for i in received)
         progress.done += already
+        transfer.done_bytes = already
         if received:
             log.info("resuming %s: %d of %d chunks already here", object_id, len(received),
                      len(outboard.chunks))
-        started = time.monotonic()
+        report = TransferReport(self.events, object_id, outboard.size, already=already)
+        report.start([str(s.link.device_id) for s in sources], what)
         try:
-            if os.fstat(fd).st_size != outboard.size:
-                await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
-            await self._fill(transfer, sources, wait, progress)
-            delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
-        except OSError as exc:
-            raise storage_error(exc, f"writing {object_id} (partial data kept for a resume)"
-                                ) from exc
+            try:
+                if os.fstat(fd).st_size != outboard.size:
+                    await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
+                async with open_helper_nursery() as reporting:
+                    reporting.start_soon(report.report_progress, lambda: transfer.done_bytes)
+                    await self._fill(transfer, sources, wait, progress)
+                    reporting.cancel_scope.cancel()
+                delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
+            except OSError as exc:
+                raise storage_error(exc, f"writing {object_id} (partial data kept for a "
+                                    "resume)") from exc
         except BaseException as exc:
             transfer.error = exc if isinstance(exc, DizzyError) else DizzyError(str(exc))
+            report.failed(exc)
             raise
         finally:
             os.close(fd)
             del self.transfers[object_id]
             transfer.done.set()
             transfer.notify()
-        elapsed = time.monotonic() - started
-        fetched = outboard.size - already
-        log.info("fetched %s: %d bytes in %.2f s, %.0f MB/s (%d bytes were already here)",
-                 object_id, fetched, elapsed, fetched / max(elapsed, 1e-6) / 1e6, already)
+        report.finished()  # logs "fetched ID: N bytes in S s, R MB/s"
         return delivered
 
     async def _fill(self, transfer: Transfer, sources: list[_Source], wait: bool,
@@ -422,10 +438,12 @@ class Fetcher:
         )
         if not good:
             source.bad_chunks += 1
-            log.warning("peer %s sent corrupt data for chunk %d of %s (refetching elsewhere)",
-                        source.name, index, transfer.object_id)
+            self.events.publish("error", where="fetch", message=(
+                f"peer {source.name} sent corrupt data for chunk {index} of "
+                f"{transfer.object_id} (refetching elsewhere)"))
             return "bad"
         transfer.received.add(index)
+        transfer.done_bytes += ref.length
         progress.done += ref.length
         transfer.notify()
         recorder.add(index, ref.length)

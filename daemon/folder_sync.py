@@ -53,6 +53,7 @@ from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_relpath
 from dizzy.protocol.versions import VersionVector
 
+from .events import EventBus
 from .fsutil import fsync_dir, remove_quietly, temp_name_beside
 from .index import Index
 from .scanner import ScannedFile
@@ -292,12 +293,14 @@ class Applier:
     """Carries out ``plan``'s actions on one folder's disk."""
 
     def __init__(self, root: Path, state: SyncState, files: dict[str, ScannedFile],
-                 index: Index, obtain: Any) -> None:
+                 index: Index, obtain: Any, events: EventBus) -> None:
         self.root = root
+        self.events = events
         self.state = state
         self.files = files
         self.index = index
-        #: async (object_id, size, temp_path) -> None: puts the content at temp_path
+        #: async (object_id, size, temp_path, sharing, what) -> None: puts the content
+        #: at temp_path (``what``, the final path, names it in transfer events)
         self.obtain = obtain
         self.changed_versions: dict[str, VersionVector | None] = {}
         #: directories whose entries changed: fsynced once at the end of the run (a
@@ -329,8 +332,9 @@ class Applier:
                 await self._one(action)
             except (DizzyError, OSError) as exc:
                 failed += 1
-                log.warning("folder %s: %s %s failed: %s", self.state.folder,
-                            type(action).__name__, action.path, exc)
+                self.events.publish("error", where=f"folder {self.state.folder}",
+                                    message=f"{type(action).__name__} {action.path} failed: "
+                                            f"{exc}")
             if isinstance(action, Fetch):
                 self.state.need_bytes -= action.entry.size
 
@@ -417,8 +421,10 @@ class Applier:
                 os.rename(path, copy)
                 fsync_dir(path.parent)
                 self.files.pop(action.path, None)
-                log.warning("folder %s: conflict on %s; kept this device's version as %s",
-                            self.state.folder, action.path, copy.name)
+                self.events.publish(
+                    "conflict", folder=self.state.folder, path=action.path,
+                    conflict_path=copy.relative_to(self.root).as_posix(),
+                    device_id=str(DeviceId(action.loser.device)))
         elif isinstance(action, MakeDir):
             entry = action.entry
             try:
@@ -465,7 +471,8 @@ class Applier:
                 tmp.touch(mode=0o600)
             else:
                 assert entry.object_id is not None
-                await self.obtain(entry.object_id, entry.size, tmp, self.state.peers)
+                await self.obtain(entry.object_id, entry.size, tmp, self.state.peers,
+                                  str(path))
             await trio.to_thread.run_sync(_finish_file, tmp, entry.mode, entry.mtime_ns)
         except BaseException:
             remove_quietly(tmp)

@@ -30,6 +30,7 @@ from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_name
 from dizzy.protocol.peer_wire import Notice, Request
 
+from .events import EventBus
 from .fetch import Fetcher
 from .folder_sync import (
     Applier,
@@ -80,6 +81,8 @@ class FolderRunner:
     lock: trio.Lock = field(default_factory=trio.Lock)
     pull_lock: trio.Lock = field(default_factory=trio.Lock)
     failures: int = 0
+    #: the (state, error) subscribers last heard of: repeats are not news
+    published: tuple[str, str | None] | None = None
 
     @property
     def file_count(self) -> int:
@@ -88,6 +91,17 @@ class FolderRunner:
     @property
     def byte_count(self) -> int:
         return sum(f.size for f in self.files.values() if f.kind == "file")
+
+    def set_state(self, state: str, error: str | None = None, *, publish: bool = True) -> None:
+        self.state, self.error = state, error
+        if publish and (state, error) != self.published:
+            previous = self.published[0] if self.published else None
+            self.published = (state, error)
+            self.manager.events.publish("folder.state", folder=self.name, state=state,
+                                        error=error, previous=previous)
+
+    def report_error(self, message: str) -> None:
+        self.manager.events.publish("error", where=f"folder {self.name}", message=message)
 
     async def run(self) -> None:
         with self.cancel_scope:
@@ -108,11 +122,15 @@ class FolderRunner:
                 nursery.start_soon(self.manager.announce, self.name)
                 for link in list(self.manager.links()):
                     nursery.start_soon(self.manager.pull_folder, link, self)
+                quiet = False
                 while True:
-                    await self.scan_once()
-                    with trio.move_on_after(RESCAN_INTERVAL):
+                    await self.scan_once(quiet=quiet)
+                    with trio.move_on_after(RESCAN_INTERVAL) as timer:
                         await self.wake.wait()
                     self.wake = trio.Event()
+                    # A periodic rescan that finds nothing is no news: its scanning/idle
+                    # flip every 10 s would drown the events worth seeing.
+                    quiet = timer.cancelled_caught
 
     async def _watch(self) -> None:
         """Rescan soon after the file system says something changed (inotify through
@@ -139,20 +157,20 @@ class FolderRunner:
                 # Only our own log: the fold is what the disk already holds.
                 continue
             async with self.lock:
-                self.state = "syncing"
+                self.set_state("syncing")
                 applier = Applier(self.path, self.sync, self.files, self.index,
-                                  self.manager.obtain)
+                                  self.manager.obtain, self.manager.events)
                 before = dict(self.files)
                 try:
                     failed = await applier.run(self.mode == "receive-only")
                 except (DizzyError, OSError) as exc:
-                    log.warning("folder %s: applying changes failed: %s", self.name, exc)
+                    self.report_error(f"applying changes failed: {exc}")
                     failed = 1
                 finally:
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
                     await self.index.call(_save_files, self.name, self.files, touched, gone)
-                    self.state = "idle"
+                    self.set_state("idle")
             if failed:
                 # Content no online peer could give yet, or a file that changed under
                 # us: rescan, and try again soon, then less often.
@@ -163,28 +181,31 @@ class FolderRunner:
             else:
                 self.failures = 0
 
-    async def scan_once(self) -> None:
+    async def scan_once(self, *, quiet: bool = False) -> None:
+        """Rescan; ``quiet``: announce the scanning state only if the scan finds news."""
         # Scans and applies take strict turns: a scan running beside an apply would
         # take the files it is writing for local edits.
         async with self.lock:
             previous_error = self.error
-            self.state = "scanning"
+            self.set_state("scanning", publish=not quiet)
+            started = time.monotonic()
             try:
                 result = await trio.to_thread.run_sync(scan, self.path, self.files)
             except FolderMissing as exc:
                 # An unmounted disk must never look like "everything was deleted".
                 if previous_error != exc.message:
-                    log.warning("folder %s paused: %s", self.name, exc.message)
-                self.state, self.error = "error", exc.message
+                    self.report_error(f"paused: {exc.message}")
+                self.set_state("error", exc.message)
                 return
             except OSError as exc:
-                self.state, self.error = "error", f"cannot scan {self.path}: {exc.strerror}"
-                if previous_error != self.error:
-                    log.warning("folder %s: %s", self.name, self.error)
+                error = f"cannot scan {self.path}: {exc.strerror}"
+                if previous_error != error:
+                    self.report_error(error)
+                self.set_state("error", error)
                 return
-            await self._record_scan(result)
+            await self._record_scan(result, time.monotonic() - started)
 
-    async def _record_scan(self, result: Any) -> None:
+    async def _record_scan(self, result: Any, seconds: float) -> None:
         assert self.sync is not None
         changed = [*result.added, *result.changed]
         if (changed or result.removed) and self.mode != "receive-only":
@@ -196,13 +217,16 @@ class FolderRunner:
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)
-            if self.last_scan is not None:
-                log.info("folder %s: %d added, %d changed, %d removed", self.name,
-                         len(result.added), len(result.changed), len(result.removed))
         first = self.last_scan is None
         self.files = dict(result.files)
         self.last_scan = time.time()
-        self.state, self.error = "idle", None
+        if first or changed or result.removed:
+            self.manager.events.publish(
+                "folder.scanned", folder=self.name, files=self.file_count,
+                bytes=self.byte_count, changed=len(changed) + len(result.removed),
+                added=len(result.added), modified=len(result.changed),
+                removed=len(result.removed), seconds=round(seconds, 3))
+        self.set_state("idle")
         if first or changed or result.removed:
             self.sync.dirty.set()
 
@@ -225,8 +249,10 @@ class FolderRunner:
 
 class FolderManager:
     def __init__(self, index: Index, home_root: Path, identity: Identity, trust: TrustStore,
-                 peers: PeerManager, store: ObjectStore, fetcher: Fetcher) -> None:
+                 peers: PeerManager, store: ObjectStore, fetcher: Fetcher, *,
+                 events: EventBus) -> None:
         self.index = index
+        self.events = events
         self.home_root = home_root
         self.identity = identity
         self.me = identity.device_id.digest
@@ -263,8 +289,7 @@ class FolderManager:
             try:
                 await pull(link, runner.sync, self.index, self.public_keys())
             except (DizzyError, RemoteProtocolError) as exc:
-                log.warning("folder %s: refused the log from %s: %s", runner.name,
-                            link.device_id.short, exc)
+                runner.report_error(f"refused the log from {link.device_id.short}: {exc}")
 
     async def _on_link_up(self, link: PeerLink) -> None:
         try:
@@ -326,17 +351,18 @@ class FolderManager:
                 continue
             data = reply.get("data")
             if not isinstance(data, bytes) or blake3.blake3(data).hexdigest() != object_id:
-                log.warning("peer %s sent corrupt data for %s", link.device_id.short,
-                            object_id)
+                self.events.publish("error", where="folder sync", message=(
+                    f"peer {link.device_id.short} sent corrupt data for {object_id}"))
                 continue
             await trio.to_thread.run_sync(_write_new, dest, data)
             return True
         return False
 
     async def obtain(self, object_id: str, size: int, dest: Path,
-                     sharing: set[bytes] | None = None) -> None:
+                     sharing: set[bytes] | None = None, what: str = "") -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
-        (renames and duplicates cost no transfer), else from peers."""
+        (renames and duplicates cost no transfer), else from peers.  ``what`` names
+        the file in transfer events."""
         source = await trio.to_thread.run_sync(
             locate_content, self.store, self.sync_find_object, object_id
         )
@@ -352,7 +378,7 @@ class FolderManager:
                                                                  sharing or set()):
             return
         kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
-                                               deliver_to=dest)
+                                               deliver_to=dest, what=what)
         if kind != "delivered":
             await trio.to_thread.run_sync(self.store.sync_export, object_id, dest, counter,
                                           CancelFlag())
@@ -403,7 +429,7 @@ class FolderManager:
         )
         runner = FolderRunner(name, real, mode, self.index, self)
         self._start(runner)
-        log.info("sharing folder %s at %s (%s)", name, real, mode)
+        self.events.publish("folder.shared", folder=name, path=str(real), mode=mode)
         return runner.describe()
 
     async def unshare(self, name: str) -> None:
@@ -412,7 +438,7 @@ class FolderManager:
             raise NotFound(f"no shared folder named {name!r}")
         runner.cancel_scope.cancel()
         await self.index.call(_forget_folder, name)
-        log.info("stopped sharing folder %s (its files are untouched)", name)
+        self.events.publish("folder.unshared", folder=name, path=str(runner.path))
 
     def describe(self) -> list[dict[str, Any]]:
         out = [r.describe() for _, r in sorted(self.runners.items())]

@@ -11,7 +11,7 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_folders, api_peers, api_store, object_service
+from . import api_events, api_folders, api_peers, api_store, object_service
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
@@ -78,18 +78,22 @@ async def serve_daemon(
                     "(choose another with --listen HOST:PORT)"
                 ) from exc
             port = listen_port(listeners)
-            peers = PeerManager(identity, ctx.name, trust, list(config.static_peers))
-            pairing = PairingService(identity, ctx.name, trust, peers, port)
+            bus = ctx.events
+            peers = PeerManager(identity, ctx.name, trust, list(config.static_peers),
+                                events=bus)
+            pairing = PairingService(identity, ctx.name, trust, peers, port, events=bus)
             ctx.services["peers"] = _PeerStatus(peers, f"{host}:{port}")
             api = ControlApi()
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
             outboards = Outboards(store)
-            fetcher = Fetcher(home, index, store, outboards, peers)
-            folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher)
+            fetcher = Fetcher(home, index, store, outboards, peers, events=bus)
+            folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher,
+                                    events=bus)
             outboards.locate = folders.sync_find_object
             ctx.services["folders"] = folders
             api_folders.register(api, folders)
+            api_events.register(api, bus)
             object_service.register(peers, store, outboards, locate=folders.sync_find_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher

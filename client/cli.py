@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dizzy.daemon.home import Home, resolve_home
 from dizzy.protocol.errors import DizzyError, UsageError
 from dizzy.protocol.ids import parse_object_id
 
+from . import cli_ops
 from ._client import Client
 from .progress import ProgressBar, human_bytes
 
@@ -50,14 +50,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     import trio
 
     from dizzy.daemon.context import DaemonConfig
+    from dizzy.daemon.logs import configure_daemon_logging
     from dizzy.daemon.serve import run_daemon
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     home = Home(resolve_home(args.home))
+    configure_daemon_logging(home, debug=args.debug)  # stderr and <home>/log/dizzy.log
     from dizzy.daemon.config import load_config
 
     file_config = load_config(home.root)  # flags below override it
@@ -305,8 +302,8 @@ def _fetch_options(p: argparse.ArgumentParser) -> None:
                    help="wait for a device that has the object to come online")
 
 
-#: later layers (peers, folders) add their subcommands here
-_EXTENSIONS: list[Callable[[Any], None]] = []
+#: later layers add their subcommands here (events, log, service: cli_ops)
+_EXTENSIONS: list[Callable[[Any], None]] = [cli_ops.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -132,6 +132,9 @@ class EventStream:
             while True:  # the daemon confirms the subscription before the first event
                 msg = conn.next_message()
                 if isinstance(msg, Notice) and msg.kind == "subscribed":
+                    info = msg.value if isinstance(msg.value, dict) else {}
+                    #: the daemon's newest event id when the stream began
+                    self.last_id = int(info.get("last_id", 0))
                     break
                 self._end(msg)
         except BaseException:

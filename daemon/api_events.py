@@ -10,6 +10,8 @@ an ``events.dropped`` event saying how many it missed.
 
 from __future__ import annotations
 
+from contextlib import aclosing
+
 from dizzy.protocol.errors import UsageError
 
 from .api import Call, ControlApi
@@ -36,7 +38,9 @@ def register(api: ControlApi, bus: EventBus) -> None:
         # now, and misses nothing published after that.
         start = bus.last_id if since is None else since
         await call.send_notice("subscribed", {"last_id": bus.last_id})
-        async for event in bus.subscribe(after=start, types=wanted):
-            await call.send_notice("event", event.to_dict())
+        # aclosing: a hang-up ends the subscription now, not whenever it is collected
+        async with aclosing(bus.subscribe(after=start, types=wanted)) as stream:
+            async for event in stream:
+                await call.send_notice("event", event.to_dict())
 
     api.register("events", events)

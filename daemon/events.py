@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,12 @@ class EventBus:
         self._last_id = 0
         self._clock = clock
         self._wakeup = trio.Event()
+        self._readers = 0
+
+    @property
+    def readers(self) -> int:
+        """Subscriptions open now (a hung-up client's ends with its request)."""
+        return self._readers
 
     @property
     def last_id(self) -> int:
@@ -87,7 +93,7 @@ class EventBus:
 
     async def subscribe(
         self, after: int | None = None, types: set[str] | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield events with id > ``after`` (default: only new ones), forever.
 
         A reader that fell behind the ring gets one synthetic ``events.dropped`` event
@@ -96,14 +102,18 @@ class EventBus:
         cursor = self._last_id if after is None else after
         if cursor > self._last_id:
             cursor = 0  # an id from before a daemon restart: everything since it started
-        while True:
-            missed, events = self.since(cursor)
-            if missed:
-                yield Event(0, self._clock(), "events.dropped", {"count": missed})
-            if not events:
-                await self._wakeup.wait()
-                continue
-            for event in events:
-                cursor = event.id
-                if types is None or event.type in types:
-                    yield event
+        self._readers += 1
+        try:
+            while True:
+                missed, events = self.since(cursor)
+                if missed:
+                    yield Event(0, self._clock(), "events.dropped", {"count": missed})
+                if not events:
+                    await self._wakeup.wait()
+                    continue
+                for event in events:
+                    cursor = event.id
+                    if types is None or event.type in types:
+                        yield event
+        finally:
+            self._readers -= 1

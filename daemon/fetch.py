@@ -307,10 +307,7 @@ class Fetcher:
             try:
                 if os.fstat(fd).st_size != outboard.size:
                     await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
-                async with open_helper_nursery() as reporting:
-                    reporting.start_soon(report.report_progress, lambda: transfer.done_bytes)
-                    await self._fill(transfer, sources, wait, progress)
-                    reporting.cancel_scope.cancel()
+                await self._fill(transfer, sources, wait, progress, report)
                 delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
             except OSError as exc:
                 raise storage_error(exc, f"writing {object_id} (partial data kept for a "
@@ -328,7 +325,7 @@ class Fetcher:
         return delivered
 
     async def _fill(self, transfer: Transfer, sources: list[_Source], wait: bool,
-                    progress: ProgressCounter) -> None:
+                    progress: ProgressCounter, report: TransferReport) -> None:
         outboard = transfer.outboard
         missing = collections.deque(i for i in range(len(outboard.chunks))
                                     if i not in transfer.received)
@@ -339,7 +336,7 @@ class Fetcher:
             async with open_helper_nursery() as background:
                 background.start_soon(recorder.run, disk_errors, background.cancel_scope)
                 await self._fill_loop(transfer, sources, wait, progress, missing, refused,
-                                      recorder, disk_errors)
+                                      recorder, disk_errors, report)
                 background.cancel_scope.cancel()
             if disk_errors:
                 raise disk_errors[0]
@@ -350,7 +347,7 @@ class Fetcher:
     async def _fill_loop(self, transfer: Transfer, sources: list[_Source], wait: bool,
                          progress: ProgressCounter, missing: collections.deque[int],
                          refused: dict[int, set[int]], recorder: _DurableRecorder,
-                         disk_errors: list[OSError]) -> None:
+                         disk_errors: list[OSError], report: TransferReport) -> None:
         while missing and not disk_errors:
             live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
             if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
@@ -376,6 +373,8 @@ class Fetcher:
                     try:
                         outcome = await self._one_chunk(transfer, source, index, recorder,
                                                         progress)
+                        if outcome == "ok":
+                            report.landed(transfer.done_bytes)
                     except OSError as exc:  # our disk (full?): stop every worker
                         missing.appendleft(index)
                         disk_errors.append(exc)

@@ -25,24 +25,25 @@ class TransferReport:
         self.already = already
         self._clock = clock
         self.started = clock()
+        self._last_time: float | None = None
+        self._last_done = already
 
     def start(self, peers: list[str], what: str) -> None:
         self.bus.publish("transfer.started", object_id=self.object_id, total=self.total,
                          peers=peers, what=what, done=self.already)
 
-    async def report_progress(self, done: Callable[[], int]) -> None:
-        """Publish progress every PROGRESS_EVENT_INTERVAL while it moves; runs until
-        cancelled (when the transfer ends)."""
-        last_done, last_time = done(), self._clock()
-        while True:
-            await trio.sleep(PROGRESS_EVENT_INTERVAL)
-            now, current = self._clock(), done()
-            if current == last_done:
-                continue
-            rate = (current - last_done) / max(now - last_time, 1e-6)
-            self.bus.publish("transfer.progress", object_id=self.object_id, done=current,
-                             total=self.total, rate=round(rate))
-            last_done, last_time = current, now
+    def landed(self, done: int) -> None:
+        """A chunk landed (``done`` bytes on disk now): a progress event for the first
+        one, so even a short transfer shows one, then at most every
+        PROGRESS_EVENT_INTERVAL."""
+        now = self._clock()
+        if self._last_time is not None and now - self._last_time < PROGRESS_EVENT_INTERVAL:
+            return
+        since_time = self._last_time if self._last_time is not None else self.started
+        rate = (done - self._last_done) / max(now - since_time, 1e-6)
+        self.bus.publish("transfer.progress", object_id=self.object_id, done=done,
+                         total=self.total, rate=round(rate))
+        self._last_time, self._last_done = now, done
 
     def finished(self) -> tuple[int, float, float]:
         """Publish the end; returns (bytes fetched now, seconds, bytes/s)."""

@@ -104,8 +104,8 @@ def render_unit(spec: ServiceSpec) -> str:
     lines = [
         "# Written by `dizzy service install`; `dizzy service uninstall` removes it.",
         "[Unit]",
-        f"Description=dizzy peer-to-peer sync daemon ({spec.home})",
-        "Documentation=https://github.com/dizzy-sync/dizzy#readme",
+        # % starts a specifier in every unit setting, not only in ExecStart
+        f"Description=dizzy peer-to-peer sync daemon ({str(spec.home).replace('%', '%%')})",
     ]
     if spec.system:
         lines += ["After=network-online.target", "Wants=network-online.target"]

@@ -135,16 +135,30 @@ class FolderRunner:
     async def _watch(self) -> None:
         """Rescan soon after the file system says something changed (inotify through
         watchfiles); the periodic rescan covers whatever a watch misses."""
-        while True:
+        # watchfiles waits in a thread that only a stop event ends early (it listens
+        # for asyncio's cancellation, not trio's): without this, every shared folder
+        # held up the daemon's shutdown by watchfiles' 5 s timeout.
+        stop = trio.Event()  # its is_set() is a plain flag read: fine from that thread
+
+        async def stop_on_cancel() -> None:
             try:
-                async for _changes in watchfiles.awatch(
-                    self.path, debounce=WATCH_DEBOUNCE_MS, step=50, recursive=True,
-                    watch_filter=_not_our_temp_file, ignore_permission_denied=True,
-                ):
-                    self.wake.set()
-            except Exception as exc:  # the folder vanished, too many watches...
-                log.debug("watching %s stopped: %s", self.path, exc)
-            await trio.sleep(RESCAN_INTERVAL)
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_cancel)
+            while True:
+                try:
+                    async for _changes in watchfiles.awatch(
+                        self.path, debounce=WATCH_DEBOUNCE_MS, step=50, recursive=True,
+                        watch_filter=_not_our_temp_file, ignore_permission_denied=True,
+                        stop_event=stop,
+                    ):
+                        self.wake.set()
+                except Exception as exc:  # the folder vanished, too many watches...
+                    log.debug("watching %s stopped: %s", self.path, exc)
+                await trio.sleep(RESCAN_INTERVAL)
 
     async def _apply_loop(self) -> None:
         assert self.sync is not None

@@ -15,7 +15,7 @@ import pytest
 
 from dizzy.client import Client, DizzyError
 from dizzy.client import service as svc
-from tests.daemons import STOP_TIMEOUT, dizzy_argv
+from tests.daemons import STOP_TIMEOUT, DaemonProcess, dizzy_argv
 
 #: a daemon answers on its control socket this soon after starting
 START_TIMEOUT = 20.0
@@ -186,3 +186,19 @@ def test_with_systemd_it_reloads_enables_and_starts(tmp_path: Path,
     with pytest.raises(DizzyError, match="Failed to connect to bus"):
         svc.install(spec, unit_dir, "dizzy.service", systemd=True)
     assert (unit_dir / "dizzy.service").exists()
+
+
+def test_a_daemon_with_shared_folders_stops_promptly(daemon: DaemonProcess,
+                                                     tmp_path: Path) -> None:
+    """`systemctl stop` is a SIGTERM: watching folders must not hold it up (each
+    shared folder used to add watchfiles' 5 s timeout)."""
+    for name in ("one", "two"):
+        (tmp_path / name).mkdir()
+        assert daemon.cli("share", name, str(tmp_path / name)).returncode == 0
+    deadline = time.monotonic() + START_TIMEOUT
+    while not all(f["state"] == "idle" for f in Client(daemon.home).folders()):
+        assert time.monotonic() < deadline, Client(daemon.home).folders()
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 2.0

@@ -8,6 +8,7 @@ deadline and trigger rescans instead of waiting for the 10 s rescan period.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dizzy.client import Client
+from tests.event_lines import popen
 from tests.multi.fetch_helpers import cluster, file_blake3, full_log, make_random_file
 from tests.multi.folder_helpers import (
     converged,
@@ -233,6 +235,17 @@ def test_conflict_keeps_the_losers_copy_everywhere(tmp_path: Path) -> None:
             assert re.fullmatch(r"plan\.sync-conflict-\d{8}-\d{6}-[A-Za-z0-9]+\.txt",
                                 copy.name), copy.name
             assert copy.name.startswith("plan.sync-conflict-20231114-")  # A's mtime, UTC
+        # A, whose version lost the name, told its event stream (and its log) so.
+        conflicts = popen(a.home, "events", "--json", "--since", "0", "--type", "conflict")
+        try:
+            event = json.loads(conflicts.until(lambda s: "plan.txt" in s, "the conflict"))
+        finally:
+            conflicts.close()
+        assert event["data"] == {"folder": "f", "path": "plan.txt",
+                                 "conflict_path": conflict_copies(fa)[0].name,
+                                 "device_id": a.device_id()}
+        assert f"conflict on plan.txt; this device's version kept as " \
+               f"{conflict_copies(fa)[0].name}" in full_log(a)
 
 
 def test_ignored_paths_stay_home(tmp_path: Path) -> None:

@@ -70,3 +70,21 @@ class LineReader:
 def popen(home: Path, *args: str) -> LineReader:
     return LineReader(subprocess.Popen(dizzy_argv("--home", str(home), *args),
                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
+
+
+def recent_events(home: Path) -> list[dict[str, Any]]:
+    """Every event a daemon still holds, read through the Python client (no waiting:
+    a stream from id 0 up to the newest id at the moment of asking)."""
+    from dizzy.client import Client
+
+    out: list[dict[str, Any]] = []
+    with Client(home).events(since=0) as stream:
+        newest = stream.last_id
+        if newest == 0:
+            return out
+        for event in stream:
+            if event["type"] != "events.dropped":
+                out.append(event)
+            if event["id"] >= newest:
+                return out
+    return out

@@ -30,16 +30,14 @@ def event_line(event: dict[str, Any]) -> str:
 
 
 def cmd_events(args: argparse.Namespace) -> int:
-    stream = Client(args.home).events(since=args.since, types=args.type or None)
     try:
-        for event in stream:
-            line = json.dumps(event, sort_keys=True) if args.json else event_line(event)
-            # One flush per event: `| jq` and tests reading the pipe see each one live.
-            print(line, flush=True)
+        with Client(args.home).events(since=args.since, types=args.type or None) as stream:
+            for event in stream:
+                line = json.dumps(event, sort_keys=True) if args.json else event_line(event)
+                # One flush per event: `| jq` and tests reading the pipe see each live.
+                print(line, flush=True)
     except KeyboardInterrupt:
         return 0  # Ctrl-C is how one stops watching: not an error
-    finally:
-        stream.close()
     return 0
 
 

@@ -363,6 +363,7 @@ class PeerManager:
             await link.conn.keepalive()
         except (DizzyError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("keepalive for %s stopped: %s", link.device_id.short, exc)
+            link.end_reason = str(exc) or type(exc).__name__
         finally:
             scope.cancel()
 

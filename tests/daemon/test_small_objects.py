@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -95,7 +95,7 @@ def test_serve_side_gives_what_it_has_within_its_budget(store: ObjectStore) -> N
 @dataclass
 class FakeLink:
     answer: Any
-    device_id: DeviceId = DeviceId(b"\x01" * 32)
+    device_id: DeviceId = field(default_factory=lambda: DeviceId(b"\x01" * 32))
     asked: int = 0
 
     async def request(self, kind: str, body: dict[str, Any]) -> dict[str, Any]:

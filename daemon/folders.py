@@ -48,6 +48,7 @@ from .object_service import SMALL_OBJECT_MAX, locate_content
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
+from .small_objects import obtain_batch, write_new
 from .store import ObjectStore
 from .trust import TrustStore
 
@@ -173,7 +174,8 @@ class FolderRunner:
             async with self.lock:
                 self.set_state("syncing")
                 applier = Applier(self.path, self.sync, self.files, self.index,
-                                  self.manager.obtain, self.manager.events)
+                                  self.manager.obtain, self.manager.events,
+                                  self.manager.obtain_small_batch)
                 before = dict(self.files)
                 try:
                     failed = await applier.run(self.mode == "receive-only")
@@ -368,9 +370,16 @@ class FolderManager:
                 self.events.publish("error", where="folder sync", message=(
                     f"peer {link.device_id.short} sent corrupt data for {object_id}"))
                 continue
-            await trio.to_thread.run_sync(_write_new, dest, data)
+            await trio.to_thread.run_sync(write_new, dest, data)
             return True
         return False
+
+    async def obtain_small_batch(self, items: list[tuple[str, Path]], sharing: set[bytes]
+                                 ) -> set[Path]:
+        """Many small objects, each to its own dest, in one round trip per batch (peers
+        sharing the folder asked first); returns the dests written."""
+        links = sorted(self.links(), key=lambda link: link.device_id.digest not in sharing)
+        return await obtain_batch(self.store, self.sync_find_object, links, items)
 
     async def obtain(self, object_id: str, size: int, dest: Path,
                      sharing: set[bytes] | None = None, what: str = "") -> None:
@@ -507,16 +516,6 @@ def _not_our_temp_file(change: Any, path: str) -> bool:
     # Our own temp files (".name.dizzy-xxxx.tmp") come and go while we apply changes.
     name = os.path.basename(path)
     return not (name.startswith(".") and ".dizzy-" in name and name.endswith(".tmp"))
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 def _load_files(conn: sqlite3.Connection, folder: str) -> dict[str, ScannedFile]:

@@ -11,7 +11,7 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_events, api_folders, api_peers, api_store, object_service
+from . import api_events, api_folders, api_peers, api_store, object_service, small_objects
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
@@ -95,6 +95,7 @@ async def serve_daemon(
             api_folders.register(api, folders)
             api_events.register(api, bus)
             object_service.register(peers, store, outboards, locate=folders.sync_find_object)
+            small_objects.register(peers, store, folders.sync_find_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)

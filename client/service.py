@@ -15,6 +15,7 @@ import getpass
 import hashlib
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import sys
@@ -209,8 +210,6 @@ def _check(proc: subprocess.CompletedProcess[str], what: str) -> None:
 
 
 def foreground_command(spec: ServiceSpec) -> str:
-    import shlex
-
     return " ".join(shlex.quote(a) for a in spec.exec_argv)
 
 

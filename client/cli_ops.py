@@ -12,7 +12,7 @@ from typing import Any
 
 from dizzy.daemon.event_text import describe
 from dizzy.daemon.home import ENV_HOME, Home, default_home, resolve_home
-from dizzy.protocol.errors import NotFound, UsageError
+from dizzy.protocol.errors import NotFound, StorageError, UsageError
 
 from . import logview, service
 from ._client import Client
@@ -57,6 +57,8 @@ def cmd_log(args: argparse.Namespace) -> int:
                 print(line, flush=True)
     except KeyboardInterrupt:
         return 0
+    except OSError as exc:  # unreadable (permissions), a directory in its place...
+        raise StorageError(f"cannot read {path}: {exc.strerror or exc}") from exc
     return 0
 
 

@@ -91,6 +91,12 @@ def test_log_without_a_log_file_is_not_found(tmp_path: Path) -> None:
     proc = run_cli(tmp_path / "fresh", "log", timeout=CLI_DEADLINE)
     assert proc.returncode == 3
     assert b"no log at" in proc.stderr
+    # A log path that cannot be read is a storage error, in one line.
+    (tmp_path / "odd" / "log" / "dizzy.log").mkdir(parents=True)
+    proc = run_cli(tmp_path / "odd", "log", timeout=CLI_DEADLINE)
+    assert proc.returncode == 4, proc.stderr
+    assert proc.stderr.decode().startswith("dizzy: cannot read ")
+    assert len(proc.stderr.splitlines()) == 1
 
 
 def test_tail_reads_only_the_last_lines(tmp_path: Path) -> None:

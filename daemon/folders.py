@@ -44,6 +44,7 @@ from .folder_sync import (
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
+from .outboards import save_many as save_outboards
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
@@ -194,6 +195,8 @@ class FolderRunner:
                                         result.removed)
             await persist_local(self.index, self.sync, entries)
             await self.manager.announce(self.name)
+        if result.outboards:
+            await self.index.call(save_outboards, result.outboards)
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)

@@ -38,7 +38,9 @@ function ago(when, now) {
 
 function bar(fraction) {
   const pct = Math.max(0, Math.min(100, fraction * 100));
-  return el("span", { class: "bar" }, el("span", { style: `width:${pct.toFixed(1)}%` }));
+  const fill = el("span", {});
+  fill.style.width = pct.toFixed(1) + "%";  // a style attribute would break the CSP
+  return el("span", { class: "bar" }, fill);
 }
 
 function fill(tableId, emptyId, rows) {
@@ -58,14 +60,21 @@ function renderPeers(state) {
     el("td", {}, el("code", {}, p.id)))));
 }
 
+// The most a folder needed since its sync began: progress is measured against it
+// (the scanned byte count only catches up at the next scan).
+const peakNeed = {};
+
 function folderSync(f) {
   if (f.state === "pending") return el("span", { class: "folder-sync badge warn" },
     "offered by a device; share it here to join");
+  if (f.need_bytes === 0) delete peakNeed[f.name];
+  else peakNeed[f.name] = Math.max(peakNeed[f.name] || 0, f.need_bytes);
   if (f.in_sync) return el("span", { class: "folder-sync badge on" }, "in sync");
-  const have = f.bytes, total = f.bytes + f.need_bytes;
-  const fraction = total ? have / total : 0;
+  const total = Math.max(peakNeed[f.name] || 0, f.bytes + f.need_bytes);
+  const fraction = total ? 1 - f.need_bytes / total : 0;
   return el("span", { class: "folder-sync" }, bar(fraction),
-    `${Math.floor(fraction * 100)}% (${bytes(f.need_bytes)} to fetch)`);
+    `${Math.floor(fraction * 100)}%` + (f.need_bytes ? ` (${bytes(f.need_bytes)} to fetch)`
+      : ` (${f.state})`));
 }
 
 function renderFolders(state) {

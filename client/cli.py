@@ -91,9 +91,11 @@ def cmd_gui(args: argparse.Namespace) -> int:
 
     status = _client(args).status()
     token = read_token(Path(status["home"]))
-    if not status.get("gui") or token is None:
+    if not status.get("gui"):
         raise UsageError("the daemon serves no web page (it runs with --no-gui, "
                          "or its port was taken: see its log)")
+    if token is None:
+        raise UsageError(f"no web page token in {status['home']}; restart the daemon")
     url = f"{status['gui']}?token={token}"
     print(url)
     if args.open:

@@ -58,8 +58,15 @@ class LiveState:
         if kind.startswith("transfer."):
             self._apply_transfer(event)
         if kind in PROBLEM_TYPES or (kind == "folder.state" and data.get("error")):
-            self.problems.append({"id": event.id, "time": event.time, "type": kind,
-                                  "text": describe_problem(event), "data": data})
+            text = describe_problem(event)
+            last = self.problems[-1] if self.problems else None
+            if last is not None and last["text"] == text:
+                # The same complaint again (a peer retrying, a folder still missing):
+                # one line with a count, not a list flooded with copies.
+                last.update(time=event.time, id=event.id, repeats=last["repeats"] + 1)
+            else:
+                self.problems.append({"id": event.id, "time": event.time, "type": kind,
+                                      "text": text, "data": data, "repeats": 1})
         changed, self.changed = self.changed, trio.Event()
         changed.set()
 

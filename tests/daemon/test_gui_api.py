@@ -177,7 +177,10 @@ async def test_a_page_opened_late_still_shows_what_the_bus_holds(tmp_path: Path)
                                                 "error": "path vanished"}))
     live.apply(Event(3, 12.0, "transfer.progress", {"object_id": 7}))  # malformed: ignored
     assert live.active_transfers() == []  # 990 s without news: stale
-    assert [p["text"] for p in live.recent_problems()] == ["folder f: path vanished"]
+    live.apply(Event(4, 13.0, "folder.state", {"folder": "f", "state": "error",
+                                                "error": "path vanished"}))
+    assert [(p["text"], p["repeats"], p["time"]) for p in live.recent_problems()] == [
+        ("folder f: path vanished", 2, 13.0)]
     async with gui_daemon(tmp_path / "home") as d, d.client(headers=d.bearer()) as http:
         d.ctx.events.publish("error", where="fetch", message="early")
         state = await _live_states(http, lambda s: bool(s["problems"]))

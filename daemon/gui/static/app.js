@@ -100,7 +100,8 @@ function renderTransfers(state) {
 
 function renderProblems(state) {
   const items = state.problems.map((p) => el("li", { "data-type": p.type },
-    el("time", {}, new Date(p.time * 1000).toLocaleTimeString()), p.text));
+    el("time", {}, new Date(p.time * 1000).toLocaleTimeString()), p.text,
+    p.repeats > 1 ? ` (${p.repeats} times)` : ""));
   $("problems").replaceChildren(...items);
   $("problems-empty").hidden = items.length !== 0;
 }

@@ -125,8 +125,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"home     {status['home']}")
     print(f"daemon   pid {status['pid']}, up {status['uptime']:.0f} s, v{status['version']}")
     print(f"objects  {status['objects']} ({human_bytes(status['object_bytes'])})")
-    for key in ("listen", "peers_online", "peers_paired"):
-        if key in status:
+    for key in ("listen", "peers_online", "peers_paired", "gui"):
+        if status.get(key) is not None:
             print(f"{key.replace('_', ' '):8} {status[key]}")
     return 0
 

@@ -23,6 +23,10 @@ MAX_PROBLEMS = 50
 #: without a word, e.g. a daemon without the finishing emitter); the bus still has it
 STALE_TRANSFER = 300.0
 
+#: transfers tracked at most (a folder sync runs 32 at once); past it the oldest go, so
+#: starts that never got a finish cannot grow memory while no page is open
+MAX_TRANSFERS = 1000
+
 PROBLEM_TYPES = {"conflict", "error", "transfer.failed", "pairing.failed", "peer.refused"}
 
 
@@ -83,9 +87,12 @@ class LiveState:
             if event.type not in ("transfer.started", "transfer.progress"):
                 return
             # A progress event whose start fell out of the ring still counts.
+            if len(self.transfers) >= MAX_TRANSFERS:
+                oldest = min(self.transfers.values(), key=lambda t: t["updated"])
+                del self.transfers[oldest["object_id"]]
             entry = self.transfers[oid] = {
                 "object_id": oid, "what": "", "peers": [], "done": 0, "total": None,
-                "rate": 0.0, "started": event.time,
+                "rate": 0.0, "started": event.time, "updated": event.time,
             }
         if event.type == "transfer.started":
             entry["what"] = data.get("what") or ""
@@ -102,7 +109,7 @@ class LiveState:
     def active_transfers(self) -> list[dict[str, Any]]:
         now = self._clock()
         for oid in [o for o, t in self.transfers.items()
-                    if now - t.get("updated", t["started"]) > STALE_TRANSFER]:
+                    if now - t["updated"] > STALE_TRANSFER]:
             del self.transfers[oid]
         return sorted(self.transfers.values(), key=lambda t: t["started"])
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from dizzy.protocol.errors import DizzyError
+from dizzy.protocol.errors import DizzyError, UsageError
 
 from ..api import ControlApi
 from ..context import DaemonContext
@@ -46,7 +46,7 @@ async def serve_gui(
         return
     host, port = address
     if not is_loopback(host):
-        raise DizzyError(f"the web page listens on loopback only, not on {host}")
+        raise UsageError(f"the web page listens on loopback only, not on {host}")
     # Imported here: a daemon started with --no-gui never pays for the web stack.
     from hypercorn.config import Config
     from hypercorn.trio import serve

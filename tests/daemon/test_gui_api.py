@@ -181,6 +181,13 @@ async def test_a_page_opened_late_still_shows_what_the_bus_holds(tmp_path: Path)
                                                 "error": "path vanished"}))
     assert [(p["text"], p["repeats"], p["time"]) for p in live.recent_problems()] == [
         ("folder f: path vanished", 2, 13.0)]
+    from dizzy.daemon.gui.live import MAX_TRANSFERS
+
+    for i in range(MAX_TRANSFERS + 5):  # starts that never finish: memory stays bounded
+        live.apply(Event(10 + i, 1000.0 + i, "transfer.started",
+                         {"object_id": f"{i:064x}", "total": 1}))
+    kept = live.active_transfers()
+    assert len(kept) == MAX_TRANSFERS and kept[0]["object_id"] == f"{5:064x}"
     async with gui_daemon(tmp_path / "home") as d, d.client(headers=d.bearer()) as http:
         d.ctx.events.publish("error", where="fetch", message="early")
         state = await _live_states(http, lambda s: bool(s["problems"]))

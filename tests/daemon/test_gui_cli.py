@@ -31,6 +31,7 @@ def test_dizzy_gui_prints_a_working_address_with_the_token(tmp_path: Path) -> No
     with running_daemon(home, *LOOPBACK, "--gui", "127.0.0.1:0") as daemon:
         status = json.loads(daemon.cli("status", "--json", check=True).stdout)
         assert status["gui"].startswith("http://127.0.0.1:") and status["gui"].endswith("/")
+        assert f"gui      {status['gui']}\n" in daemon.cli("status").stdout.decode()
         url = daemon.cli("gui", check=True).stdout.decode().strip()
         token = (home / "gui-token").read_text().strip()
         assert url == f"{status['gui']}?token={token}"
@@ -58,6 +59,7 @@ def test_no_gui(tmp_path: Path) -> None:
     with running_daemon(tmp_path / "home", *LOOPBACK, "--no-gui") as daemon:
         status = json.loads(daemon.cli("status", "--json", check=True).stdout)
         assert status["gui"] is None
+        assert "gui" not in daemon.cli("status").stdout.decode()
         _one_line_error(daemon.cli("gui"), 2, "serves no web page")
 
 

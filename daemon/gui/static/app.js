@@ -38,9 +38,9 @@ function ago(when, now) {
 
 function bar(fraction) {
   const pct = Math.max(0, Math.min(100, fraction * 100));
-  const fill = el("span", {});
-  fill.style.width = pct.toFixed(1) + "%";  // a style attribute would break the CSP
-  return el("span", { class: "bar" }, fill);
+  const done = el("span", {});
+  done.style.width = pct.toFixed(1) + "%";  // a style attribute would break the CSP
+  return el("span", { class: "bar" }, done);
 }
 
 function fill(tableId, emptyId, rows) {

@@ -15,8 +15,7 @@ Data = Mapping[str, Any]
 
 #: event types logged as warnings: something the user may have to act on
 _WARNINGS = frozenset({"peer.refused", "pairing.failed", "transfer.failed", "conflict"})
-#: never logged: a transfer's ticks (its start and end are), and folder state flips
-#: (``folder.scanned``, ``error`` and leaving the error state are)
+#: never logged: a transfer's ticks (its start and end are)
 _QUIET = frozenset({"transfer.progress", "events.dropped"})
 
 
@@ -59,10 +58,10 @@ def _transfer_progress(d: Data) -> str:
 
 
 def _folder_state(d: Data) -> str:
+    if d.get("state") == "error":
+        return f"folder {d.get('folder')} paused: {d.get('error')}"
     text = f"folder {d.get('folder')} is {d.get('state')}"
-    if d.get("error"):
-        text += f": {d['error']}"
-    elif d.get("previous") == "error":
+    if d.get("previous") == "error":
         text += " (no longer in error)"
     return text
 
@@ -117,10 +116,11 @@ def log_level(type: str, data: Data) -> int | None:
     if type in _QUIET:
         return None
     if type == "folder.state":
-        # Scans flip scanning/idle all day; only coming back from an error is news
-        # (going into one is logged through its ``error`` event).
-        leaving = data.get("previous") == "error" and data.get("state") != "error"
-        return logging.INFO if leaving else None
+        # Scans flip scanning/idle all day: only going into an error and coming back
+        # from one are news (repeats of the same error are not published at all).
+        if data.get("state") == "error":
+            return logging.WARNING
+        return logging.INFO if data.get("previous") == "error" else None
     if type == "error":
         return logging.ERROR
     if type in _WARNINGS:

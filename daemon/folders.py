@@ -45,6 +45,7 @@ from .folder_sync import (
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
+from .outboards import save_many as save_outboards
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
@@ -202,22 +203,17 @@ class FolderRunner:
         # Scans and applies take strict turns: a scan running beside an apply would
         # take the files it is writing for local edits.
         async with self.lock:
-            previous_error = self.error
-            self.set_state("scanning", publish=not quiet)
+            # A paused folder's retries are no news until they succeed.
+            self.set_state("scanning", publish=not quiet and self.state != "error")
             started = time.monotonic()
             try:
                 result = await trio.to_thread.run_sync(scan, self.path, self.files)
             except FolderMissing as exc:
                 # An unmounted disk must never look like "everything was deleted".
-                if previous_error != exc.message:
-                    self.report_error(f"paused: {exc.message}")
-                self.set_state("error", exc.message)
+                self.set_state("error", exc.message)  # logged and shown once per error
                 return
             except OSError as exc:
-                error = f"cannot scan {self.path}: {exc.strerror}"
-                if previous_error != error:
-                    self.report_error(error)
-                self.set_state("error", error)
+                self.set_state("error", f"cannot scan {self.path}: {exc.strerror}")
                 return
             await self._record_scan(result, time.monotonic() - started)
 
@@ -230,6 +226,8 @@ class FolderRunner:
                                         result.removed)
             await persist_local(self.index, self.sync, entries)
             await self.manager.announce(self.name)
+        if result.outboards:
+            await self.index.call(save_outboards, result.outboards)
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)

@@ -18,6 +18,7 @@ from .control_server import serve_control
 from .fetch import Fetcher
 from .folders import FolderManager
 from .fsutil import remove_quietly
+from .gui import serve_gui
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
@@ -104,6 +105,7 @@ async def serve_daemon(
             nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
             if config.mdns:
                 await nursery.start(_serve_discovery, ctx, peers, pairing, port)
+            await nursery.start(serve_gui, ctx, api)  # before control: status names it
             await nursery.start(serve_control, api, home.control_socket)
             log.info(
                 "dizzy daemon ready: device %s (%s), peers on %s:%d, mDNS %s, home %s",

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from dizzy.client import Client
-from tests.event_lines import popen
+from tests.event_lines import popen, recent_events
 from tests.multi.fetch_helpers import cluster, file_blake3, full_log, make_random_file
 from tests.multi.folder_helpers import (
     converged,
@@ -445,6 +445,16 @@ def test_vanished_folder_pauses_and_peers_keep_their_files(tmp_path: Path) -> No
         assert (fb / "after.txt").read_text() == "after the restore\n"
         assert (fa / "f0.txt").read_text() == "B edits after the restore\n"
         assert (fa / "d" / "x.txt").read_text() == "x\n"
+        # However many rescans hit the paused folder: one event (and log line) going
+        # into the error, one coming out of it.
+        states = [(e["data"]["state"], e["data"]["previous"]) for e in recent_events(a.home)
+                  if e["type"] == "folder.state" and e["data"]["folder"] == "f"]
+        errors = [i for i, (state, _) in enumerate(states) if state == "error"]
+        assert len(errors) == 1, states
+        assert states[errors[0] + 1] == ("idle", "error"), states
+        log = full_log(a)
+        assert log.count("folder f paused: ") == 1 and \
+            log.count("folder f is idle (no longer in error)") == 1, log[-3000:]
 
 
 def test_unshare_stops_syncing_and_deletes_nothing(tmp_path: Path) -> None:

@@ -103,13 +103,15 @@ class Fetcher:
 
     async def ensure_local(self, object_id: str, *, wait: bool,
                            progress: ProgressCounter | None = None,
-                           deliver_to: Path | None = None) -> str:
+                           deliver_to: Path | None = None, folder: str | None = None) -> str:
         """Make ``object_id`` (blob or whole tree) local; returns its kind.
 
         With ``deliver_to`` (a blob fetched for ``get -o``), the finished file is renamed
         straight to that path when it is on the same file system, instead of into the
         store and then copied out: one write of the data instead of two.  The kind is
-        then ``"delivered"``.
+        then ``"delivered"``.  ``folder`` names the shared folder a blob is fetched
+        for: its partial data is then the folder's to resume or drop (see
+        ``drop_folder_partials``).
         """
         progress = progress or ProgressCounter()
         found = await trio.to_thread.run_sync(self.store.sync_lookup, object_id)
@@ -124,13 +126,19 @@ class Fetcher:
             return "tree"
         if progress.total is None:
             progress.total = size
-        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to)
+        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to,
+                                                folder)
         return "delivered" if delivered else "blob"
 
     async def resume_all(self) -> None:
         """At start-up: continue every transfer a previous run left unfinished, each
-        waiting on its own for a device that has it."""
-        rows = await self.index.execute("SELECT object_id FROM partials")
+        waiting on its own for a device that has it.
+
+        Not those of shared folders: a folder asks again for what it still needs (and
+        resumes from the same partial data), and drops what a newer version replaced;
+        resumed here, a replaced version would be waited for forever.
+        """
+        rows = await self.index.execute("SELECT object_id FROM partials WHERE folder IS NULL")
 
         async def resume(object_id: str) -> None:
             try:
@@ -227,8 +235,20 @@ class Fetcher:
 
     # -- blobs -----------------------------------------------------------------------
 
+    async def drop_folder_partials(self, folder: str) -> int:
+        """Forget the partial transfers started for ``folder`` that no fetch is using
+        now; the folder calls this when it is in sync (nothing it needs is missing)."""
+        rows = await self.index.execute("SELECT object_id FROM partials WHERE folder = ?",
+                                        (folder,))
+        stale = [oid for (oid,) in rows if oid not in self._active]
+        for object_id in stale:
+            await self.index.call(_drop_partial, object_id)
+            await trio.to_thread.run_sync(remove_quietly, self.home.partial / object_id)
+        return len(stale)
+
     async def _fetch_blob_once(self, object_id: str, sources: list[_Source], wait: bool,
-                               progress: ProgressCounter, deliver_to: Path | None) -> bool:
+                               progress: ProgressCounter, deliver_to: Path | None,
+                               folder: str | None = None) -> bool:
         # Two `get`s of one object share one transfer.
         while (active := self._active.get(object_id)) is not None:
             await active.wait()
@@ -237,13 +257,14 @@ class Fetcher:
         done = trio.Event()
         self._active[object_id] = done
         try:
-            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to)
+            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to,
+                                          folder)
         finally:
             del self._active[object_id]
             done.set()
 
-    async def _load_or_start(self, object_id: str, sources: list[_Source]) -> tuple[Outboard,
-                                                                                 set[int]]:
+    async def _load_or_start(self, object_id: str, sources: list[_Source],
+                             folder: str | None) -> tuple[Outboard, set[int]]:
         row = await self.index.call(_load_partial, object_id)
         if row is not None:
             outboard = Outboard.decode(row[0], expected_object_id=object_id)
@@ -265,7 +286,7 @@ class Fetcher:
                 if not isinstance(data, bytes):
                     raise RemoteProtocolError("outboard reply without data")
                 outboard = Outboard.decode(data, expected_object_id=object_id)
-                await self.index.call(_start_partial, object_id, outboard.size, data)
+                await self.index.call(_start_partial, object_id, outboard.size, data, folder)
                 return outboard, set()
             except (DizzyError, RemoteProtocolError) as exc:
                 log.warning("peer %s: no usable outboard for %s: %s", source.name, object_id, exc)
@@ -273,8 +294,9 @@ class Fetcher:
         raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
 
     async def _fetch_blob(self, object_id: str, sources: list[_Source], wait: bool,
-                          progress: ProgressCounter, deliver_to: Path | None) -> bool:
-        outboard, received = await self._load_or_start(object_id, sources)
+                          progress: ProgressCounter, deliver_to: Path | None,
+                          folder: str | None) -> bool:
+        outboard, received = await self._load_or_start(object_id, sources, folder)
         path = self.home.partial / object_id
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -615,10 +637,12 @@ def _mark_synced(conn: sqlite3.Connection, object_id: str, chunks: list[int]) ->
                          [(object_id, i) for i in chunks])
 
 
-def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes) -> None:
+def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes,
+                   folder: str | None) -> None:
     with conn:
-        conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started) "
-                     "VALUES (?, ?, ?, ?)", (object_id, size, outboard, time.time()))
+        conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started, "
+                     "folder) VALUES (?, ?, ?, ?, ?)",
+                     (object_id, size, outboard, time.time(), folder))
         conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))
 
 

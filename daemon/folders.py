@@ -25,7 +25,13 @@ import blake3
 import trio
 import watchfiles
 
-from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.errors import (
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+    UsageError,
+)
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_name
 from dizzy.protocol.peer_wire import Notice, Request
@@ -41,6 +47,7 @@ from .folder_sync import (
     persist_local,
     pull,
 )
+from .fsutil import storage_error
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
@@ -80,6 +87,9 @@ class FolderRunner:
     lock: trio.Lock = field(default_factory=trio.Lock)
     pull_lock: trio.Lock = field(default_factory=trio.Lock)
     failures: int = 0
+    #: the last apply could not write for want of disk (full, read-only): shown as the
+    #: folder's error until an apply succeeds
+    apply_error: str | None = None
 
     @property
     def file_count(self) -> int:
@@ -148,11 +158,23 @@ class FolderRunner:
                 except (DizzyError, OSError) as exc:
                     log.warning("folder %s: applying changes failed: %s", self.name, exc)
                     failed = 1
+                    if isinstance(exc, OSError):
+                        exc = storage_error(exc, f"syncing folder {self.name}")
+                    if isinstance(exc, StorageError):
+                        applier.storage_errors.append(str(exc))
                 finally:
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
                     await self.index.call(_save_files, self.name, self.files, touched, gone)
                     self.state = "idle"
+            if applier.storage_errors:
+                error = (f"{len(applier.storage_errors)} change(s) not written: "
+                         f"{applier.storage_errors[0]}")
+                if self.apply_error is None:  # each failed action is logged above
+                    log.warning("folder %s: %s", self.name, error)
+                self.apply_error = error
+            elif not failed:
+                self.apply_error = None
             if failed:
                 # Content no online peer could give yet, or a file that changed under
                 # us: rescan, and try again soon, then less often.
@@ -162,6 +184,12 @@ class FolderRunner:
                 self.sync.dirty.set()
             else:
                 self.failures = 0
+                # In sync: partial data of versions that were replaced before they
+                # arrived (or of a transfer a kill cut off) will never be needed.
+                dropped = await self.manager.fetcher.drop_folder_partials(self.name)
+                if dropped:
+                    log.info("folder %s: dropped %d unfinished transfer(s) of replaced "
+                             "versions", self.name, dropped)
 
     async def scan_once(self) -> None:
         # Scans and applies take strict turns: a scan running beside an apply would
@@ -192,7 +220,8 @@ class FolderRunner:
             entries = log_local_changes(self.sync, result.files, self.files, changed,
                                         result.removed)
             await persist_local(self.index, self.sync, entries)
-            await self.manager.announce(self.name)
+            if entries:
+                await self.manager.announce(self.name)
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)
@@ -211,12 +240,13 @@ class FolderRunner:
             "name": self.name,
             "path": str(self.path),
             "mode": self.mode,
-            "state": self.state,
-            "error": self.error,
+            # a scan error (the folder is gone) first, then one from writing to it
+            "state": "error" if self.apply_error and self.state == "idle" else self.state,
+            "error": self.error or self.apply_error,
             "files": self.file_count,
             "bytes": self.byte_count,
             "need_bytes": self.sync.need_bytes if self.sync else 0,
-            "in_sync": self.state == "idle" and self.failures == 0
+            "in_sync": self.state == "idle" and self.failures == 0 and not self.apply_error
             and (self.sync is None or self.sync.need_bytes == 0),
             "last_scan": self.last_scan,
             "peers": sorted(str(DeviceId(d)) for d in (self.sync.peers if self.sync else ())),
@@ -334,7 +364,7 @@ class FolderManager:
         return False
 
     async def obtain(self, object_id: str, size: int, dest: Path,
-                     sharing: set[bytes] | None = None) -> None:
+                     sharing: set[bytes] | None = None, folder: str | None = None) -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
         (renames and duplicates cost no transfer), else from peers."""
         source = await trio.to_thread.run_sync(
@@ -352,7 +382,7 @@ class FolderManager:
                                                                  sharing or set()):
             return
         kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
-                                               deliver_to=dest)
+                                               deliver_to=dest, folder=folder)
         if kind != "delivered":
             await trio.to_thread.run_sync(self.store.sync_export, object_id, dest, counter,
                                           CancelFlag())
@@ -412,6 +442,7 @@ class FolderManager:
             raise NotFound(f"no shared folder named {name!r}")
         runner.cancel_scope.cancel()
         await self.index.call(_forget_folder, name)
+        await self.fetcher.drop_folder_partials(name)
         log.info("stopped sharing folder %s (its files are untouched)", name)
 
     def describe(self) -> list[dict[str, Any]]:

@@ -64,6 +64,9 @@ class _Source:
     link: PeerLink
     bad_chunks: int = 0
     gone: bool = False
+    #: it answered that it cannot serve the object (not a dropped link): waiting for
+    #: it to come back is pointless
+    refused: bool = False
 
     @property
     def name(self) -> str:
@@ -368,6 +371,12 @@ class Fetcher:
                             f"every source sent corrupt data for {transfer.object_id}"
                         )
                     sources = sources + others
+                elif not wait and all(s.refused for s in sources):
+                    others = await self._other_sources(transfer.object_id, sources)
+                    if not others:
+                        raise NotFound(f"no online device can serve {transfer.object_id} "
+                                       "any more")
+                    sources = sources + others
                 else:
                     sources = await self._replacement_sources(
                         transfer.object_id, sources, wait
@@ -431,7 +440,7 @@ class Fetcher:
         except RemoteError as exc:
             log.warning("peer %s could not serve chunk %d of %s: %s", source.name, index,
                         transfer.object_id, exc)
-            source.gone = True
+            source.gone = source.refused = True
             return "gone"
         except (PeerGone, DizzyError) as exc:
             log.info("peer %s dropped out of fetching %s: %s", source.name,

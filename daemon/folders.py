@@ -11,6 +11,7 @@ never taken as "everything was deleted".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -90,6 +91,9 @@ class FolderRunner:
     #: the last apply could not write for want of disk (full, read-only): shown as the
     #: folder's error until an apply succeeds
     apply_error: str | None = None
+    #: paths whose bytes were found not to match their recorded ID: the next scan
+    #: hashes them whatever their stat says
+    rehash: set[str] = field(default_factory=set)
 
     @property
     def file_count(self) -> int:
@@ -197,6 +201,10 @@ class FolderRunner:
         async with self.lock:
             previous_error = self.error
             self.state = "scanning"
+            for path in self.rehash & self.files.keys():
+                # inode 0 never matches a stat: the scanner hashes the file again
+                self.files[path] = dataclasses.replace(self.files[path], inode=0)
+            self.rehash.clear()
             try:
                 result = await trio.to_thread.run_sync(scan, self.path, self.files)
             except FolderMissing as exc:
@@ -462,6 +470,21 @@ class FolderManager:
             if name is None or runner.name == name:
                 runner.wake.set()
 
+    async def rehash_object(self, object_id: str) -> None:
+        """Shared files recorded as ``object_id`` hold other bytes now, although their
+        size, mtime and inode did not change: have the next scan hash them again (and
+        stop serving them under that ID meanwhile)."""
+        await self.index.call(_forget_inode_of_object, object_id)
+        for runner in self.runners.values():
+            stale = [p for p, f in runner.files.items()
+                     if f.object_id == object_id and p not in runner.rehash]
+            for path in stale:
+                runner.rehash.add(path)
+                log.warning("folder %s: %s changed on disk since it was scanned (it no "
+                            "longer holds %s); rehashing it", runner.name, path, object_id)
+            if stale:
+                runner.wake.set()
+
     def sync_find_object(self, object_id: str) -> tuple[Path, int] | None:
         """A shared file with this content, still as scanned (size, mtime, inode)."""
         rows = self.index.call_sync(_files_with_object, object_id)
@@ -540,6 +563,11 @@ def _forget_folder(conn: sqlite3.Connection, folder: str) -> None:
     with conn:
         conn.execute("DELETE FROM folder_files WHERE folder = ?", (folder,))
         conn.execute("DELETE FROM folders WHERE name = ?", (folder,))
+
+
+def _forget_inode_of_object(conn: sqlite3.Connection, object_id: str) -> None:
+    with conn:
+        conn.execute("UPDATE folder_files SET inode = 0 WHERE object_id = ?", (object_id,))
 
 
 def _files_with_object(conn: sqlite3.Connection, object_id: str

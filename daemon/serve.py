@@ -90,7 +90,8 @@ async def serve_daemon(
             outboards.locate = folders.sync_find_object
             ctx.services["folders"] = folders
             api_folders.register(api, folders)
-            object_service.register(peers, store, outboards, locate=folders.sync_find_object)
+            object_service.register(peers, store, outboards, locate=folders.sync_find_object,
+                                    stale=folders.rehash_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)

@@ -26,7 +26,13 @@ from typing import Any
 import blake3
 import trio
 
-from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, RemoteProtocolError
+from dizzy.protocol.errors import (
+    CorruptData,
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+)
 from dizzy.protocol.manifest import TreeManifest
 from dizzy.protocol.outboard import Outboard
 
@@ -289,11 +295,13 @@ class Fetcher:
                 if not isinstance(data, bytes):
                     raise RemoteProtocolError("outboard reply without data")
                 outboard = Outboard.decode(data, expected_object_id=object_id)
-                await self.index.call(_start_partial, object_id, outboard.size, data, folder)
-                return outboard, set()
             except (DizzyError, RemoteProtocolError) as exc:
                 log.warning("peer %s: no usable outboard for %s: %s", source.name, object_id, exc)
                 last = exc
+                continue
+            # outside the try: our own index failing (a full disk) is not the peer's fault
+            await self.index.call(_start_partial, object_id, outboard.size, data, folder)
+            return outboard, set()
         raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
 
     async def _fetch_blob(self, object_id: str, sources: list[_Source], wait: bool,
@@ -343,7 +351,7 @@ class Fetcher:
                                     if i not in transfer.received)
         refused: dict[int, set[int]] = {}  # chunk -> ids of sources that sent it wrong
         recorder = _DurableRecorder(self.index, transfer)
-        disk_errors: list[OSError] = []
+        disk_errors: list[OSError | StorageError] = []
         try:
             async with open_helper_nursery() as background:
                 background.start_soon(recorder.run, disk_errors, background.cancel_scope)
@@ -353,13 +361,13 @@ class Fetcher:
             if disk_errors:
                 raise disk_errors[0]
         finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+            with trio.CancelScope(shield=True), contextlib.suppress(OSError, StorageError):
                 await recorder.flush()
 
     async def _fill_loop(self, transfer: Transfer, sources: list[_Source], wait: bool,
                          progress: ProgressCounter, missing: collections.deque[int],
                          refused: dict[int, set[int]], recorder: _DurableRecorder,
-                         disk_errors: list[OSError]) -> None:
+                         disk_errors: list[OSError | StorageError]) -> None:
         while missing and not disk_errors:
             live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
             if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
@@ -557,7 +565,8 @@ class _DurableRecorder:
         self.unrecorded.append((chunk, length))
         self._landed.set()
 
-    async def run(self, errors: list[OSError], scope: trio.CancelScope) -> None:
+    async def run(self, errors: list[OSError | StorageError], scope: trio.CancelScope
+                  ) -> None:
         """The background work; a disk error stops the whole transfer through ``scope``."""
 
         async def rows() -> None:
@@ -577,8 +586,9 @@ class _DurableRecorder:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(rows)
                 nursery.start_soon(syncs)
-        except* OSError as group:
-            errors.extend(e for e in group.exceptions if isinstance(e, OSError))
+        except* (OSError, StorageError) as group:  # the partial file or the index
+            errors.extend(e for e in group.exceptions
+                          if isinstance(e, (OSError, StorageError)))
             scope.cancel()
 
     async def _write_rows(self) -> None:

@@ -169,9 +169,14 @@ class FolderRunner:
                 finally:
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
-                    await self.index.call(_save_files, self.name, self.files, touched, gone)
+                    try:
+                        await self.index.call(_save_files, self.name, self.files, touched,
+                                              gone)
+                    except StorageError as exc:  # the disk is right; the next run saves
+                        applier.storage_errors.append(str(exc))
                     self.state = "idle"
             if applier.storage_errors:
+                failed = max(failed, 1)
                 error = (f"{len(applier.storage_errors)} change(s) not written: "
                          f"{applier.storage_errors[0]}")
                 if self.apply_error is None:  # each failed action is logged above
@@ -218,7 +223,24 @@ class FolderRunner:
                 if previous_error != self.error:
                     log.warning("folder %s: %s", self.name, self.error)
                 return
-            await self._record_scan(result)
+            try:
+                await self._record_scan(result)
+            except StorageError as exc:
+                # The index is full: what this scan logged in memory was not saved.  Back
+                # to what the index holds, so our log never skips a sequence number; the
+                # next scan after space is freed finds the same changes again.
+                await self._reload_sync_state()
+                self.state, self.error = "error", f"cannot record the scan: {exc}"
+                if previous_error != self.error:
+                    log.warning("folder %s: %s", self.name, self.error)
+
+    async def _reload_sync_state(self) -> None:
+        old = self.sync
+        assert old is not None
+        fresh = await self.index.call(load_state, self.name, self.manager.me,
+                                      self.manager.key, self.manager.public_keys())
+        fresh.peers, fresh.dirty = old.peers, old.dirty
+        self.sync = fresh
 
     async def _record_scan(self, result: Any) -> None:
         assert self.sync is not None

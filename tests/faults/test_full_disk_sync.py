@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.faults.fault_helpers import MB, History, leftover_partials
-from tests.multi.fetch_helpers import cluster, full_log, make_random_file
+from tests.multi.fetch_helpers import cluster, connect, full_log, make_random_file
 from tests.multi.folder_helpers import (
     folder,
     rescan,
@@ -27,6 +27,7 @@ from tests.multi.folder_helpers import (
     wait_for,
     wait_idle,
 )
+from tests.multi.test_pairing_loopback import Node
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
@@ -106,3 +107,47 @@ def test_full_disk_on_the_receiver_then_space_is_freed(tmp_path: Path,
         files = [v for v in tree_snapshot(fb).values() if v[0] == "file"]
     print(f"FAULTS full-disk: runs 1, faults 1 (ENOSPC on {len(missing)} file(s)), files "
           f"checked {len(files)}, data lost 0, {time.monotonic() - started:.0f} s")
+
+
+def test_full_disk_under_the_receivers_home_and_folder(tmp_path: Path,
+                                                      small_disk: Path) -> None:
+    """The receiver's home (index, partial transfers) shares the full disk with its
+    folder: the daemon keeps running, says why, and finishes once space is freed."""
+    fa, fb = tmp_path / "fa", small_disk / "fb"
+    fa.mkdir()
+    fb.mkdir()
+    for i in range(20):
+        (fa / f"note-{i:02}.txt").write_bytes(os.urandom(10_000))
+    history = History()
+    with cluster(tmp_path, ["a"], []) as nodes:
+        a = nodes["a"]
+        # the home on the small disk, through a link so the daemon's log stays outside
+        (small_disk / "home-b").mkdir()
+        (tmp_path / "home-b").symlink_to(small_disk / "home-b")
+        b = Node(tmp_path / "home-b", "b")
+        try:
+            b.start()
+            connect(a, b)
+            share(a, "f", fa)
+            share(b, "f", fb)
+            wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "the first sync")
+            filler = make_random_file(small_disk / "filler.bin",
+                                      free_bytes(small_disk) - 3 * MB, seed=b"filler")
+            for i in range(2):
+                make_random_file(fa / f"big-{i}.bin", 8 * MB, seed=f"hbig{i}".encode())
+            history.record_tree(fa)
+            rescan(a)
+            info = wait_for(lambda: (lambda f: f if f["state"] == "error" else None)(
+                folder(b, "f")), SYNC_TIMEOUT, "B to report the full disk", poke=(b,))
+            print(f"\n  home on the full disk: {info['error']!r}")
+            assert "no space left on device" in info["error"], info
+            assert b.alive(), b.log()
+            assert history.foreign_files(fb) == [] and temp_files(fb) == []
+            filler.unlink()
+            wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "the sync after freeing space")
+            info = wait_idle(b, "f", SYNC_TIMEOUT)
+            assert info["error"] is None, info
+            assert leftover_partials(b) == []
+            assert "Traceback" not in full_log(b)
+        finally:
+            b.stop()

@@ -99,13 +99,17 @@ def mutate(root: Path, rng: random.Random, staging: Path, round_no: int,
     done = []
     big = root / "media" / f"round-{round_no:02}.bin"
     write_big(big, rng.randrange(8 * MB, 16 * MB), rng.randbytes(8), staging)
-    written = [big]
+    # only what changes is hashed, as it is written: the whole tree each round is slow
+    def record(path: Path) -> None:
+        history.record(str(path.relative_to(root)), sha256_file(path))
+
+    record(big)
     done.append("new big")
     for path in rng.sample(files, 4):
         size = path.stat().st_size
         write_file(path, rng.randbytes(max(1, size + rng.randrange(-100, 100))), staging,
                    path.stat().st_mode & 0o777)
-        written.append(path)
+        record(path)
     done.append("4 edits")
     victims = rng.sample([p for p in regular_files(root) if "round-" not in p.name], 2)
     for path in victims:
@@ -115,15 +119,13 @@ def mutate(root: Path, rng: random.Random, staging: Path, round_no: int,
     moved = rng.choice(rest)
     target = moved.with_name(f"moved-{round_no:02}-{moved.name}")
     moved.rename(target)
-    written.append(target)
+    record(target)
     chmodded = rng.choice([p for p in regular_files(root) if p.exists()])
     os.chmod(chmodded, rng.choice([0o600, 0o640, 0o755]))
     done.append("rename, chmod")
     if round_no % 4 == 0:
         os.symlink(f"media/round-{round_no:02}.bin", root / f"link-round-{round_no:02}")
         done.append("symlink")
-    for path in written:  # only what changed: hashing the whole tree each round is slow
-        history.record(str(path.relative_to(root)), sha256_file(path))
     return ", ".join(done)
 
 

@@ -61,7 +61,9 @@ from dizzy.protocol.versions import VersionVector
 
 from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
 from .index import Index
+from .object_service import SMALL_OBJECT_MAX
 from .scanner import ScannedFile
+from .small_objects import BATCH_MAX_BYTES, BATCH_MAX_IDS
 
 log = logging.getLogger("dizzy.sync")
 
@@ -70,6 +72,10 @@ log = logging.getLogger("dizzy.sync")
 PARALLEL_TRANSFERS = 32
 #: fetched files renamed into place per file-system sync
 RENAME_BATCH = 500
+#: obj.smalls batches in flight at once: enough to keep both ends busy (one batch
+#: being served while the previous one is written), few enough to bound memory
+#: (each batch holds up to BATCH_MAX_BYTES)
+PARALLEL_BATCHES = 3
 
 
 @dataclass
@@ -329,7 +335,7 @@ class Applier:
     """Carries out ``plan``'s actions on one folder's disk."""
 
     def __init__(self, root: Path, state: SyncState, files: dict[str, ScannedFile],
-                 index: Index, obtain: Any) -> None:
+                 index: Index, obtain: Any, obtain_small_batch: Any = None) -> None:
         self.root = root
         self.state = state
         self.files = files
@@ -337,6 +343,9 @@ class Applier:
         #: async (object_id, size, temp_path, sharing, folder=) -> None: puts the
         #: content at temp_path
         self.obtain = obtain
+        #: async ([(object_id, temp_path)], sharing) -> set of temp paths written; None
+        #: where every file goes alone
+        self.obtain_small_batch = obtain_small_batch
         self.changed_versions: dict[str, VersionVector | None] = {}
         #: directories whose entries changed: fsynced once at the end of the run (a
         #: crash before that loses a rename, never a file's content)
@@ -382,18 +391,35 @@ class Applier:
 
         # Conflict copies, directories and deletions in plan order (parents and
         # children matter); files and links, whose parents exist by then, in parallel.
+        # Small files go in batches (one round trip and two thread hops per batch).
         parallel = [a for a in todo if isinstance(a, (Fetch, MakeLink))]
+        batches: list[list[Fetch]] = []
+        if self.obtain_small_batch is not None:
+            small = [a for a in parallel if isinstance(a, Fetch) and a.entry.object_id
+                     and 0 < a.entry.size <= SMALL_OBJECT_MAX]
+            batches = small_batches(small)
+            batched = {id(a) for a in small}
+            parallel = [a for a in parallel if id(a) not in batched]
         for action in todo:
             if isinstance(action, (KeepConflict, MakeDir)):
                 await one(action)
         limiter = trio.CapacityLimiter(PARALLEL_TRANSFERS)
+        batch_limiter = trio.CapacityLimiter(PARALLEL_BATCHES)
 
         async def limited(action: Any) -> None:
             async with limiter:
                 await one(action)
 
+        async def limited_batch(batch: list[Fetch]) -> None:
+            async with batch_limiter:
+                leftovers = await self._fetch_small_batch(batch, one)
+            for action in leftovers:  # alone: other sources, the fetcher, its error
+                await limited(action)
+
         try:
             async with trio.open_nursery() as nursery:
+                for batch in batches:
+                    nursery.start_soon(limited_batch, batch)
                 for action in parallel:
                     nursery.start_soon(limited, action)
         finally:
@@ -523,6 +549,39 @@ class Applier:
         if len(self.ready) >= RENAME_BATCH:
             await self._flush()
 
+    async def _fetch_small_batch(self, batch: list[Fetch], one: Any) -> list[Fetch]:
+        """Fetch small files together; returns the actions left to do one by one."""
+        prepared: list[tuple[Fetch, Path, Path]] = []  # (action, temp, final)
+        for action in batch:
+            try:
+                path = self._target(action.path)
+                if not self._unchanged(action.path, path):
+                    raise UsageError(f"{action.path} changed here while syncing; "
+                                     "rescanning first")
+            except (DizzyError, OSError):
+                await one(action)  # counts and logs the failure like any other
+                continue
+            prepared.append((action, temp_name_beside(path), path))
+        queued: set[Path] = set()
+        try:
+            written = await self.obtain_small_batch(
+                [(a.entry.object_id, tmp) for a, tmp, _ in prepared], self.state.peers)
+            done = [(a, tmp, path) for a, tmp, path in prepared if tmp in written]
+            finished = await trio.to_thread.run_sync(
+                _finish_files, [(tmp, a.entry.mode, a.entry.mtime_ns) for a, tmp, _ in done])
+            for action, tmp, path in done:
+                if tmp in finished:
+                    self.ready.append((tmp, path, action))
+                    queued.add(tmp)
+                    self.state.need_bytes -= action.entry.size
+        finally:
+            for _action, tmp, _path in prepared:
+                if tmp not in queued:
+                    remove_quietly(tmp)
+        if len(self.ready) >= RENAME_BATCH:
+            await self._flush()
+        return [a for a, tmp, _ in prepared if tmp not in queued]
+
     async def _flush(self) -> None:
         """Make every finished temp file durable at once, then rename each into place."""
         async with self._flush_lock:
@@ -545,6 +604,35 @@ class Applier:
 def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:
     os.chmod(path, mode)
     os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def small_batches(actions: list[Fetch]) -> list[list[Fetch]]:
+    """Split small-file fetches into obj.smalls-sized batches, in plan order."""
+    batches: list[list[Fetch]] = []
+    current: list[Fetch] = []
+    size = 0
+    for action in actions:
+        if current and (len(current) >= BATCH_MAX_IDS
+                        or size + action.entry.size > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += action.entry.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _finish_files(items: list[tuple[Path, int, int]]) -> set[Path]:
+    """Mode and mtime for each temp file; returns those done (the rest go alone)."""
+    done: set[Path] = set()
+    for path, mode, mtime_ns in items:
+        try:
+            _finish_file(path, mode, mtime_ns)
+        except OSError:
+            continue
+        done.add(path)
+    return done
 
 
 def _load_syncfs() -> Any:

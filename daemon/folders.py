@@ -52,9 +52,11 @@ from .fsutil import storage_error
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
+from .outboards import save_many as save_outboards
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
+from .small_objects import obtain_batch, write_new
 from .store import ObjectStore
 from .trust import TrustStore
 
@@ -155,7 +157,7 @@ class FolderRunner:
             async with self.lock:
                 self.state = "syncing"
                 applier = Applier(self.path, self.sync, self.files, self.index,
-                                  self.manager.obtain)
+                                  self.manager.obtain, self.manager.obtain_small_batch)
                 before = dict(self.files)
                 try:
                     failed = await applier.run(self.mode == "receive-only")
@@ -252,6 +254,8 @@ class FolderRunner:
             await persist_local(self.index, self.sync, entries)
             if entries:
                 await self.manager.announce(self.name)
+        if result.outboards:
+            await self.index.call(save_outboards, result.outboards)
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)
@@ -389,9 +393,16 @@ class FolderManager:
                 log.warning("peer %s sent corrupt data for %s", link.device_id.short,
                             object_id)
                 continue
-            await trio.to_thread.run_sync(_write_new, dest, data)
+            await trio.to_thread.run_sync(write_new, dest, data)
             return True
         return False
+
+    async def obtain_small_batch(self, items: list[tuple[str, Path]], sharing: set[bytes]
+                                 ) -> set[Path]:
+        """Many small objects, each to its own dest, in one round trip per batch (peers
+        sharing the folder asked first); returns the dests written."""
+        links = sorted(self.links(), key=lambda link: link.device_id.digest not in sharing)
+        return await obtain_batch(self.store, self.sync_find_object, links, items)
 
     async def obtain(self, object_id: str, size: int, dest: Path,
                      sharing: set[bytes] | None = None, folder: str | None = None) -> None:
@@ -543,16 +554,6 @@ def _not_our_temp_file(change: Any, path: str) -> bool:
     # Our own temp files (".name.dizzy-xxxx.tmp") come and go while we apply changes.
     name = os.path.basename(path)
     return not (name.startswith(".") and ".dizzy-" in name and name.endswith(".tmp"))
-
-
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
 
 
 def _load_files(conn: sqlite3.Connection, folder: str) -> dict[str, ScannedFile]:

@@ -27,13 +27,16 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
 import blake3
 
+from dizzy.protocol.chunking import CHUNK_MIN
 from dizzy.protocol.errors import DizzyError, UnsafePath
 from dizzy.protocol.ignore import IGNORE_FILE, NO_RULES, IgnoreRules
+from dizzy.protocol.outboard import OutboardBuilder
 from dizzy.protocol.paths import MAX_DEPTH, MAX_RELPATH_BYTES, validate_name
 
 EntryKind = Literal["file", "dir", "link"]
@@ -123,6 +126,8 @@ class ScanResult:
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     hashed_files: int = 0
     hashed_bytes: int = 0
+    #: encoded outboards of the large files hashed by this scan, by object ID
+    outboards: dict[str, bytes] = field(default_factory=dict)
     #: seconds
     elapsed: float = 0.0
 
@@ -148,6 +153,26 @@ def hash_fd(fd: int, size: int) -> str:
         hasher.update(view[:n])
         offset += n
     return hasher.hexdigest()
+
+
+def hash_and_chunk_fd(outboards: dict[str, bytes], fd: int, size: int) -> str:
+    """``hash_fd``, and for a file of more than one chunk its outboard too (into
+    ``outboards``), from the same reads."""
+    if size <= CHUNK_MIN:
+        return hash_fd(fd, size)
+    builder = OutboardBuilder()
+    buffer = bytearray(READ_BLOCK)
+    view = memoryview(buffer)
+    offset = 0
+    while True:
+        n = os.preadv(fd, [buffer], offset)
+        if n == 0:
+            break
+        builder.feed(view[:n])
+        offset += n
+    outboard = builder.finish()
+    outboards[outboard.object_id] = outboard.encode()
+    return outboard.object_id
 
 
 def _read_rest(fd: int, offset: int) -> bytes:
@@ -432,13 +457,17 @@ def scan(
     rules: IgnoreRules = NO_RULES,
     *,
     hash_file: HashFile | None = None,
+    chunk_large: bool = True,
 ) -> ScanResult:
     """Walk ``root`` and compare it with ``previous`` (the last scan's ``files``).
 
     ``rules`` are the caller's own patterns (none by default); the root
     ``.dizzyignore`` is read again on every scan and its patterns come after them (so
     they win a tie).  ``hash_file`` replaces ``hash_fd`` (tests use it to change a file
-    mid-hash).  Raises ``FolderMissing`` when the root is not a readable directory,
+    mid-hash).  With ``chunk_large`` (the default hasher only), files larger than one
+    chunk are chunked in the same read that hashes them, and their outboards come back
+    in ``ScanResult.outboards``: a peer's first chunk request then costs no second read
+    of the whole file.  Raises ``FolderMissing`` when the root is not a readable directory,
     before or after the walk.
     """
     started = time.monotonic()
@@ -446,7 +475,10 @@ def scan(
     identity = _root_identity(root_str)
     text = _read_ignore_file(root_str)
     effective = rules if text is None else rules + IgnoreRules.parse(text)
-    walk = _Scan(root_str, previous, identity[1], effective, hash_file or hash_fd)
+    outboards: dict[str, bytes] = {}
+    if hash_file is None:
+        hash_file = partial(hash_and_chunk_fd, outboards) if chunk_large else hash_fd
+    walk = _Scan(root_str, previous, identity[1], effective, hash_file)
     walk.run()
     # An unmount or a replaced root during the walk made the listing meaningless.
     if _root_identity(root_str) != identity:
@@ -460,6 +492,7 @@ def scan(
         rules=effective,
         hashed_files=walk.hashed_files,
         hashed_bytes=walk.hashed_bytes,
+        outboards=outboards,
     )
     for path, entry in files.items():
         prev = previous.get(path)

@@ -11,13 +11,14 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_folders, api_peers, api_store, object_service
+from . import api_folders, api_peers, api_store, object_service, small_objects
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
 from .fetch import Fetcher
 from .folders import FolderManager
 from .fsutil import remove_quietly
+from .gui import serve_gui
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
@@ -92,6 +93,8 @@ async def serve_daemon(
             api_folders.register(api, folders)
             object_service.register(peers, store, outboards, locate=folders.sync_find_object,
                                     stale=folders.rehash_object)
+            small_objects.register(peers, store, folders.sync_find_object,
+                                   stale=folders.rehash_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)
@@ -100,6 +103,7 @@ async def serve_daemon(
             nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
             if config.mdns:
                 await nursery.start(_serve_discovery, ctx, peers, pairing, port)
+            await nursery.start(serve_gui, ctx, api)  # before control: status names it
             await nursery.start(serve_control, api, home.control_socket)
             log.info(
                 "dizzy daemon ready: device %s (%s), peers on %s:%d, mDNS %s, home %s",

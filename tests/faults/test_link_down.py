@@ -158,6 +158,7 @@ def test_link_down_during_a_folder_sync_resumes(tmp_path: Path) -> None:
                    "B to be fetching a video", interval=0.005)
         hb.link_down()
         try:
+            assert not converged(fa, fb), "the sync finished before the cable was pulled"
             time.sleep(DOWN_SECONDS)
         finally:
             hb.link_up()

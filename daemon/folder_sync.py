@@ -37,7 +37,13 @@ from dizzy.protocol.changelog import (
     SignedHead,
     sign_head,
 )
-from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.errors import (
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+    UsageError,
+)
 from dizzy.protocol.folder_state import (
     Delete,
     Fetch,
@@ -54,7 +60,7 @@ from dizzy.protocol.paths import validate_relpath
 from dizzy.protocol.versions import VersionVector
 
 from .events import EventBus
-from .fsutil import fsync_dir, remove_quietly, temp_name_beside
+from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX
 from .scanner import ScannedFile
@@ -86,6 +92,9 @@ class SyncState:
     #: devices that answered for this folder: they share it
     peers: set[bytes] = field(default_factory=set)
     need_bytes: int = 0
+    #: versions a scan took over from the fold without logging a change (see
+    #: ``log_local_changes``), waiting for ``persist_local``; None: forget the path
+    adopted: dict[str, VersionVector | None] = field(default_factory=dict)
     #: set when the merged state changed and the disk may need work
     dirty: trio.Event = field(default_factory=trio.Event)
 
@@ -163,10 +172,21 @@ def forget_folder_logs(conn: sqlite3.Connection, folder: str) -> None:
 def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
                       previous: dict[str, ScannedFile], changed: Iterable[str],
                       removed: Iterable[str]) -> list[LogEntry]:
-    """Append this device's log entries for what a scan found changed or removed."""
+    """Append this device's log entries for what a scan found changed or removed.
+
+    A path that is now exactly what the fold says it should be is no change of ours:
+    an apply put it there and was killed before it recorded that.  Logging it would
+    make a spurious conflict with the next edit from the device that made it.  Such a
+    path takes the fold's version instead (``state.adopted``).
+    """
     entries: list[LogEntry] = []
     for path in sorted(changed):
         f = files[path]
+        winner = state.merged.get(path)
+        if winner is not None and _is_the_winner(f, winner):
+            state.versions[path] = winner.version
+            state.adopted[path] = winner.version
+            continue
         base = state.versions.get(path)
         if base is None:
             winner = state.merged.get(path)
@@ -178,6 +198,11 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
             f.link_target if f.kind == "link" else None, version))
         state.versions[path] = version
     for path in sorted(removed, key=lambda p: -p.count("/")):
+        winner = state.merged.get(path)
+        if winner is not None and winner.deleted:
+            state.versions.pop(path, None)  # an apply deleted it: the fold's deletion
+            state.adopted[path] = None
+            continue
         old = previous.get(path)
         base = state.versions.get(path) or VersionVector()
         version = base.bump(state.me)
@@ -191,14 +216,26 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
     return entries
 
 
+def _is_the_winner(f: ScannedFile, winner: LogEntry) -> bool:
+    """Whether the scanned entry is exactly the fold's live entry for its path."""
+    if winner.deleted or f.kind != winner.kind or f.mode != winner.mode:
+        return False
+    if f.kind == "dir":
+        return True
+    if f.kind == "link":
+        return f.link_target == winner.link_target
+    return (f.object_id, f.size, f.mtime_ns) == (winner.object_id, winner.size,
+                                                 winner.mtime_ns)
+
+
 async def persist_local(index: Index, state: SyncState, entries: list[LogEntry]) -> None:
-    if not entries:
-        return
-    head = state.writer.head()
-    versions: dict[str, VersionVector | None] = {e.path: state.versions.get(e.path)
-                                                 for e in entries}
-    await index.call(_save_entries, entries, head)
-    await index.call(_save_versions, state.folder, versions)
+    versions: dict[str, VersionVector | None] = dict(state.adopted)
+    state.adopted.clear()
+    versions.update({e.path: state.versions.get(e.path) for e in entries})
+    if entries:
+        await index.call(_save_entries, entries, state.writer.head())
+    if versions:
+        await index.call(_save_versions, state.folder, versions)
 
 
 # -- serving our logs to peers --------------------------------------------------------
@@ -306,8 +343,8 @@ class Applier:
         self.state = state
         self.files = files
         self.index = index
-        #: async (object_id, size, temp_path, sharing, what) -> None: puts the content
-        #: at temp_path (``what``, the final path, names it in transfer events)
+        #: async (object_id, size, temp_path, sharing, what, folder=) -> None: puts the
+        #: content at temp_path (``what``, the final path, names it in transfer events)
         self.obtain = obtain
         #: async ([(object_id, temp_path)], sharing) -> set of temp paths written; None
         #: where every file goes alone
@@ -319,6 +356,9 @@ class Applier:
         #: fetched files waiting to be renamed into place: (temp, final, action)
         self.ready: list[tuple[Path, Path, Fetch]] = []
         self._flush_lock = trio.Lock()
+        #: why actions failed for want of disk (full, read-only, denied): the folder
+        #: shows the first as its error until an apply succeeds
+        self.storage_errors: list[str] = []
 
     def local_view(self) -> dict[str, LocalFileInfo]:
         out = {}
@@ -345,6 +385,11 @@ class Applier:
                 self.events.publish("error", where=f"folder {self.state.folder}",
                                     message=f"{type(action).__name__} {action.path} failed: "
                                             f"{exc}")
+                if isinstance(exc, OSError):
+                    exc = storage_error(exc, f"writing {action.path}")
+                if isinstance(exc, StorageError):
+                    self.storage_errors.append(f"{action.path}: {exc}")
+                return  # its bytes are still needed
             if isinstance(action, Fetch):
                 self.state.need_bytes -= action.entry.size
 
@@ -499,7 +544,7 @@ class Applier:
             else:
                 assert entry.object_id is not None
                 await self.obtain(entry.object_id, entry.size, tmp, self.state.peers,
-                                  str(path))
+                                  str(path), folder=self.state.folder)
             await trio.to_thread.run_sync(_finish_file, tmp, entry.mode, entry.mtime_ns)
         except BaseException:
             remove_quietly(tmp)

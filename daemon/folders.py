@@ -11,6 +11,7 @@ never taken as "everything was deleted".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -25,7 +26,13 @@ import blake3
 import trio
 import watchfiles
 
-from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.errors import (
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+    UsageError,
+)
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_name
 from dizzy.protocol.peer_wire import Notice, Request
@@ -42,6 +49,7 @@ from .folder_sync import (
     persist_local,
     pull,
 )
+from .fsutil import storage_error
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
@@ -85,6 +93,12 @@ class FolderRunner:
     failures: int = 0
     #: the (state, error) subscribers last heard of: repeats are not news
     published: tuple[str, str | None] | None = None
+    #: the last apply could not write for want of disk (full, read-only): shown as the
+    #: folder's error until an apply succeeds
+    apply_error: str | None = None
+    #: paths whose bytes were found not to match their recorded ID: the next scan
+    #: hashes them whatever their stat says
+    rehash: set[str] = field(default_factory=set)
 
     @property
     def file_count(self) -> int:
@@ -183,11 +197,28 @@ class FolderRunner:
                 except (DizzyError, OSError) as exc:
                     self.report_error(f"applying changes failed: {exc}")
                     failed = 1
+                    if isinstance(exc, OSError):
+                        exc = storage_error(exc, f"syncing folder {self.name}")
+                    if isinstance(exc, StorageError):
+                        applier.storage_errors.append(str(exc))
                 finally:
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
-                    await self.index.call(_save_files, self.name, self.files, touched, gone)
+                    try:
+                        await self.index.call(_save_files, self.name, self.files, touched,
+                                              gone)
+                    except StorageError as exc:  # the disk is right; the next run saves
+                        applier.storage_errors.append(str(exc))
                     self.set_state("idle")
+            if applier.storage_errors:
+                failed = max(failed, 1)
+                error = (f"{len(applier.storage_errors)} change(s) not written: "
+                         f"{applier.storage_errors[0]}")
+                if self.apply_error is None:  # once, not at every retry
+                    self.report_error(error)
+                self.apply_error = error
+            elif not failed:
+                self.apply_error = None
             if failed:
                 # Content no online peer could give yet, or a file that changed under
                 # us: rescan, and try again soon, then less often.
@@ -197,6 +228,12 @@ class FolderRunner:
                 self.sync.dirty.set()
             else:
                 self.failures = 0
+                # In sync: partial data of versions that were replaced before they
+                # arrived (or of a transfer a kill cut off) will never be needed.
+                dropped = await self.manager.fetcher.drop_folder_partials(self.name)
+                if dropped:
+                    log.info("folder %s: dropped %d unfinished transfer(s) of replaced "
+                             "versions", self.name, dropped)
 
     async def scan_once(self, *, quiet: bool = False) -> None:
         """Rescan; ``quiet``: announce the scanning state only if the scan finds news."""
@@ -206,6 +243,10 @@ class FolderRunner:
             # A paused folder's retries are no news until they succeed.
             self.set_state("scanning", publish=not quiet and self.state != "error")
             started = time.monotonic()
+            for path in self.rehash & self.files.keys():
+                # inode 0 never matches a stat: the scanner hashes the file again
+                self.files[path] = dataclasses.replace(self.files[path], inode=0)
+            self.rehash.clear()
             try:
                 result = await trio.to_thread.run_sync(scan, self.path, self.files)
             except FolderMissing as exc:
@@ -215,7 +256,22 @@ class FolderRunner:
             except OSError as exc:
                 self.set_state("error", f"cannot scan {self.path}: {exc.strerror}")
                 return
-            await self._record_scan(result, time.monotonic() - started)
+            try:
+                await self._record_scan(result, time.monotonic() - started)
+            except StorageError as exc:
+                # The index is full: what this scan logged in memory was not saved.  Back
+                # to what the index holds, so our log never skips a sequence number; the
+                # next scan after space is freed finds the same changes again.
+                await self._reload_sync_state()
+                self.set_state("error", f"cannot record the scan: {exc}")
+
+    async def _reload_sync_state(self) -> None:
+        old = self.sync
+        assert old is not None
+        fresh = await self.index.call(load_state, self.name, self.manager.me,
+                                      self.manager.key, self.manager.public_keys())
+        fresh.peers, fresh.dirty = old.peers, old.dirty
+        self.sync = fresh
 
     async def _record_scan(self, result: Any, seconds: float) -> None:
         assert self.sync is not None
@@ -225,7 +281,8 @@ class FolderRunner:
             entries = log_local_changes(self.sync, result.files, self.files, changed,
                                         result.removed)
             await persist_local(self.index, self.sync, entries)
-            await self.manager.announce(self.name)
+            if entries:
+                await self.manager.announce(self.name)
         if result.outboards:
             await self.index.call(save_outboards, result.outboards)
         saved = [*changed, *result.refreshed]
@@ -249,12 +306,13 @@ class FolderRunner:
             "name": self.name,
             "path": str(self.path),
             "mode": self.mode,
-            "state": self.state,
-            "error": self.error,
+            # a scan error (the folder is gone) first, then one from writing to it
+            "state": "error" if self.apply_error and self.state == "idle" else self.state,
+            "error": self.error or self.apply_error,
             "files": self.file_count,
             "bytes": self.byte_count,
             "need_bytes": self.sync.need_bytes if self.sync else 0,
-            "in_sync": self.state == "idle" and self.failures == 0
+            "in_sync": self.state == "idle" and self.failures == 0 and not self.apply_error
             and (self.sync is None or self.sync.need_bytes == 0),
             "last_scan": self.last_scan,
             "peers": sorted(str(DeviceId(d)) for d in (self.sync.peers if self.sync else ())),
@@ -380,7 +438,8 @@ class FolderManager:
         return await obtain_batch(self.store, self.sync_find_object, links, items)
 
     async def obtain(self, object_id: str, size: int, dest: Path,
-                     sharing: set[bytes] | None = None, what: str = "") -> None:
+                     sharing: set[bytes] | None = None, what: str = "",
+                     folder: str | None = None) -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
         (renames and duplicates cost no transfer), else from peers.  ``what`` names
         the file in transfer events."""
@@ -399,7 +458,7 @@ class FolderManager:
                                                                  sharing or set()):
             return
         kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
-                                               deliver_to=dest, what=what)
+                                               deliver_to=dest, what=what, folder=folder)
         if kind != "delivered":
             await trio.to_thread.run_sync(self.store.sync_export, object_id, dest, counter,
                                           CancelFlag())
@@ -460,6 +519,7 @@ class FolderManager:
         runner.cancel_scope.cancel()
         await self.index.call(_forget_folder, name)
         self.events.publish("folder.unshared", folder=name, path=str(runner.path))
+        await self.fetcher.drop_folder_partials(name)
 
     def describe(self) -> list[dict[str, Any]]:
         out = [r.describe() for _, r in sorted(self.runners.items())]
@@ -476,6 +536,21 @@ class FolderManager:
     def rescan(self, name: str | None = None) -> None:
         for runner in self.runners.values():
             if name is None or runner.name == name:
+                runner.wake.set()
+
+    async def rehash_object(self, object_id: str) -> None:
+        """Shared files recorded as ``object_id`` hold other bytes now, although their
+        size, mtime and inode did not change: have the next scan hash them again (and
+        stop serving them under that ID meanwhile)."""
+        await self.index.call(_forget_inode_of_object, object_id)
+        for runner in self.runners.values():
+            stale = [p for p, f in runner.files.items()
+                     if f.object_id == object_id and p not in runner.rehash]
+            for path in stale:
+                runner.rehash.add(path)
+                log.warning("folder %s: %s changed on disk since it was scanned (it no "
+                            "longer holds %s); rehashing it", runner.name, path, object_id)
+            if stale:
                 runner.wake.set()
 
     def sync_find_object(self, object_id: str) -> tuple[Path, int] | None:
@@ -546,6 +621,11 @@ def _forget_folder(conn: sqlite3.Connection, folder: str) -> None:
     with conn:
         conn.execute("DELETE FROM folder_files WHERE folder = ?", (folder,))
         conn.execute("DELETE FROM folders WHERE name = ?", (folder,))
+
+
+def _forget_inode_of_object(conn: sqlite3.Connection, object_id: str) -> None:
+    with conn:
+        conn.execute("UPDATE folder_files SET inode = 0 WHERE object_id = ?", (object_id,))
 
 
 def _files_with_object(conn: sqlite3.Connection, object_id: str

@@ -49,8 +49,8 @@ SMALL_FILE: Final = 1024 * 1024
 #: user's file can be truncated under us, and touching a mapped page past the new end
 #: kills the whole daemon with SIGBUS.
 READ_BLOCK: Final = 16 * 1024 * 1024
-#: A file whose mtime is this close to the moment it was hashed could be rewritten
-#: within the same timestamp tick without its (size, mtime) changing.  File system
+#: A file whose mtime is this close to the moment it was hashed (either side) could be
+#: rewritten within the same timestamp tick without its (size, mtime) changing.  File system
 #: clocks tick every few milliseconds (coarse kernel clock); 50 ms leaves a margin.
 RACY_NS: Final = 50_000_000
 
@@ -404,7 +404,12 @@ class _Scan:
             self.unstable.append(relpath)
             self._carry(relpath)
             return
-        racy = after.st_mtime_ns >= hashed_at - RACY_NS
+        # Only an mtime near "now" is racy: a write now would set the mtime to now, so
+        # one well ahead of our clock (a file from a device whose clock runs ahead)
+        # would change visibly.  Taking those as racy too re-hashed them at every scan
+        # and kept them from being served (inode 0 never matches) until the clock
+        # caught up.
+        racy = abs(after.st_mtime_ns - hashed_at) <= RACY_NS
         self.files[relpath] = ScannedFile(
             relpath, "file", after.st_size, after.st_mtime_ns, 0 if racy else after.st_ino,
             stat.S_IMODE(after.st_mode), object_id,

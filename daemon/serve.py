@@ -95,8 +95,10 @@ async def serve_daemon(
             ctx.services["folders"] = folders
             api_folders.register(api, folders)
             api_events.register(api, bus)
-            object_service.register(peers, store, outboards, locate=folders.sync_find_object)
-            small_objects.register(peers, store, folders.sync_find_object)
+            object_service.register(peers, store, outboards, locate=folders.sync_find_object,
+                                    stale=folders.rehash_object)
+            small_objects.register(peers, store, folders.sync_find_object,
+                                   stale=folders.rehash_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)

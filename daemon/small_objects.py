@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,17 @@ assert BATCH_MAX_BYTES >= CHUNK_MIN  # every small object fits a reply on its ow
 Locate = Callable[[str], tuple[Path, int] | None]
 
 
-def register(peers: PeerManager, store: ObjectStore, locate: Locate | None) -> None:
-    """Serve ``obj.smalls`` to paired peers."""
+def register(peers: PeerManager, store: ObjectStore, locate: Locate | None,
+             stale: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """Serve ``obj.smalls`` to paired peers; ``stale`` as in ``object_service.register``."""
 
     async def smalls(link: PeerLink, request: Request) -> dict[str, Any]:
         object_ids = parse_batch_ids(request.body.get("ids"))
-        data = await trio.to_thread.run_sync(read_batch, store, locate, object_ids)
+        changed: list[str] = []
+        data = await trio.to_thread.run_sync(read_batch, store, locate, object_ids, changed)
+        if stale is not None:
+            for object_id in changed:
+                await stale(object_id)
         return {"data": data}
 
     peers.handlers["obj.smalls"] = smalls
@@ -63,13 +68,15 @@ def parse_batch_ids(raw: object) -> list[str]:
     return [parse_object_id(item) for item in raw]
 
 
-def read_batch(store: ObjectStore, locate: Locate | None, object_ids: Sequence[str]
-               ) -> list[bytes | None]:
+def read_batch(store: ObjectStore, locate: Locate | None, object_ids: Sequence[str],
+               changed: list[str] | None = None) -> list[bytes | None]:
     """Serve side (blocking): each object's bytes, or None where we cannot give it.
 
     The reply budget is spent in request order; objects past it come back None and
     the receiver asks again.  The receiver verifies every object, so a file that
-    changed since its scan costs that object, not the batch.
+    changed since its scan costs that object, not the batch.  Bytes read from a shared
+    file are checked here too: one that no longer holds its ID (changed with its size
+    and mtime kept) is not sent, and its ID is added to ``changed`` for a rehash.
     """
     out: list[bytes | None] = []
     budget = BATCH_MAX_BYTES
@@ -79,6 +86,11 @@ def read_batch(store: ObjectStore, locate: Locate | None, object_ids: Sequence[s
             path = locate_content(store, locate, object_id)
             if path is not None:
                 data = _read_at_most(path, min(SMALL_OBJECT_MAX, budget))
+                if data is not None and path != store.object_path(object_id) and \
+                        blake3.blake3(data).hexdigest() != object_id:
+                    data = None
+                    if changed is not None:
+                        changed.append(object_id)
         if data is not None:
             budget -= len(data)
         out.append(data)

@@ -39,6 +39,7 @@ from dizzy.protocol.changelog import (
 )
 from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
 from dizzy.protocol.folder_state import (
+    Adopt,
     Delete,
     Fetch,
     FolderState,
@@ -305,6 +306,8 @@ class Applier:
         self.dirs_to_sync: set[Path] = set()
         #: fetched files waiting to be renamed into place: (temp, final, action)
         self.ready: list[tuple[Path, Path, Fetch]] = []
+        #: fetched files that could not be renamed into place (retried later)
+        self.flush_failures = 0
         self._flush_lock = trio.Lock()
 
     def local_view(self) -> dict[str, LocalFileInfo]:
@@ -318,6 +321,10 @@ class Applier:
     async def run(self, receive_only: bool) -> int:
         """Carry out the plan; returns how many actions failed (to retry later)."""
         actions = plan(self.local_view(), self.state.merged, receive_only)
+        for action in actions:
+            if isinstance(action, Adopt):
+                self.state.versions[action.path] = action.version
+                self.changed_versions[action.path] = action.version
         todo = [a for a in actions if isinstance(a, (Fetch, Delete, MakeDir, MakeLink,
                                                      KeepConflict))]
         self.state.need_bytes = sum(a.entry.size for a in todo if isinstance(a, Fetch))
@@ -361,7 +368,7 @@ class Applier:
         if self.changed_versions:
             await self.index.call(_save_versions, self.state.folder, self.changed_versions)
         self.state.need_bytes = max(self.state.need_bytes, 0)
-        return failed
+        return failed + self.flush_failures
 
     def _target(self, relpath: str) -> Path:
         parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
@@ -489,10 +496,19 @@ class Applier:
                     log.warning("folder %s: %s changed here while syncing; kept as is",
                                 self.state.folder, action.path)
                     continue
-                os.rename(tmp, path)
+                try:
+                    os.rename(tmp, path)
+                    self._record(path, object_id=action.entry.object_id,
+                                 version=action.entry.version)
+                except OSError as exc:
+                    # Its directory was renamed or deleted here meanwhile.  One file's
+                    # failure must not strand the rest of the batch as temp files.
+                    remove_quietly(tmp)
+                    self.flush_failures += 1
+                    log.warning("folder %s: Fetch %s failed: %s", self.state.folder,
+                                action.path, exc)
+                    continue
                 self.dirs_to_sync.add(path.parent)
-                self._record(path, object_id=action.entry.object_id,
-                             version=action.entry.version)
 
 
 def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:

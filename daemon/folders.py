@@ -143,12 +143,18 @@ class FolderRunner:
                 applier = Applier(self.path, self.sync, self.files, self.index,
                                   self.manager.obtain)
                 before = dict(self.files)
+                failed = 0
                 try:
                     failed = await applier.run(self.mode == "receive-only")
                 except (DizzyError, OSError) as exc:
                     log.warning("folder %s: applying changes failed: %s", self.name, exc)
                     failed = 1
                 finally:
+                    if failed:
+                        # A directory renamed here mid-fetch takes our temp file with
+                        # it, out of the applier's reach.  No apply runs now (we hold
+                        # the lock), so every temp file of ours in the folder is stale.
+                        await trio.to_thread.run_sync(_remove_stale_temps, self.path)
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
                     await self.index.call(_save_files, self.name, self.files, touched, gone)

@@ -198,6 +198,17 @@ class KeepConflict:
 
 
 @dataclass(frozen=True, slots=True)
+class Adopt:
+    """The disk already holds ``path`` as the merged state has it, but the local index
+    knows an older or other version: record ``version`` (ours merged with the
+    winner's).  Otherwise a later local change or deletion would be made against the
+    old version, look concurrent to the winner and lose (a deletion always does)."""
+
+    path: str
+    version: VersionVector
+
+
+@dataclass(frozen=True, slots=True)
 class Nothing:
     """``path`` needs no work; ``reason`` says why (for reporters and debugging)."""
 
@@ -205,7 +216,7 @@ class Nothing:
     reason: str
 
 
-Action = Fetch | Delete | MakeDir | MakeLink | KeepConflict | Nothing
+Action = Fetch | Delete | MakeDir | MakeLink | KeepConflict | Adopt | Nothing
 
 
 def conflict_path_for(path: str, loser: LogEntry) -> str:
@@ -243,24 +254,50 @@ def _blocked_by_link(
     return None
 
 
+def _live_directories(merged: FolderState) -> set[str]:
+    """Every directory that holds a live entry in the merged state (its ancestors)."""
+    live: set[str] = set()
+    for path in merged:
+        if merged[path].deleted:
+            continue
+        parent = posixpath.dirname(path)
+        while parent and parent not in live:
+            live.add(parent)
+            parent = posixpath.dirname(parent)
+    return live
+
+
 def _plan_path(
     path: str,
     here: LocalFileInfo | None,
     winner: LogEntry | None,
     merged: FolderState,
     receive_only: bool,
+    live_dirs: set[str],
 ) -> list[Action]:
     if winner is None:
         return [Nothing(path, "only here: the scanner records it")]
     if winner.deleted:
         if here is None:
             return [Nothing(path, "deleted everywhere")]
+        if here.kind == "dir":
+            if path in live_dirs:
+                # Deleted on one device while another put something inside: the entries
+                # inside win (a change beats a deletion), so their directory stays.
+                return [Nothing(path, "deleted, but entries inside are live")]
+            # A directory holds nothing of its own, and a change to it logged here
+            # would have beaten the deletion: whatever our version says (a deletion
+            # of ours that lost the tie, or none), nothing is lost by deleting it.
+            return [Delete(path)]
         if receive_only or here.version.compare(winner.version) in ("older", "equal"):
             return [Delete(path)]
         return [Nothing(path, "changed here since the deletion")]
     if here is None:
         return [_make(winner)]
     if _matches(here, winner):
+        adopted = here.version.merge(winner.version)
+        if adopted != here.version:
+            return [Adopt(path, adopted)]
         return [Nothing(path, "up to date")]
     if receive_only:
         # local edits are not ours to publish or keep: the folder mirrors the others
@@ -278,7 +315,8 @@ def _plan_path(
     return [Nothing(path, f"local version is {relation}")]
 
 
-_ORDER: Final = {KeepConflict: 0, MakeDir: 1, Fetch: 2, MakeLink: 2, Nothing: 3, Delete: 4}
+_ORDER: Final = {KeepConflict: 0, MakeDir: 1, Fetch: 2, MakeLink: 2, Adopt: 3, Nothing: 3,
+                 Delete: 4}
 
 
 def _action_key(action: Action) -> tuple[int, int, str]:
@@ -296,12 +334,14 @@ def plan(
     directories parents-first, files and links, and deletions children-first.
     """
     actions: list[Action] = []
+    live_dirs = _live_directories(merged)
     for path in sorted(local.keys() | set(merged)):
         blocker = _blocked_by_link(path, local, merged)
         winner = merged.get(path)
         if blocker is not None and winner is not None:
             actions.append(Nothing(path, f"refused: {blocker!r} is not a directory"))
             continue
-        actions.extend(_plan_path(path, local.get(path), winner, merged, receive_only))
+        actions.extend(_plan_path(path, local.get(path), winner, merged, receive_only,
+                                  live_dirs))
     actions.sort(key=_action_key)
     return actions

@@ -10,6 +10,7 @@ import pytest
 from dizzy.protocol.changelog import ZERO_HASH, EntryKind, LogEntry
 from dizzy.protocol.errors import LocalProtocolError, UnsafePath
 from dizzy.protocol.folder_state import (
+    Adopt,
     Delete,
     Fetch,
     FolderState,
@@ -248,6 +249,63 @@ def test_deletes_children_before_parents() -> None:
               entry(B, "d/f", v(a=1, b=1), deleted=True)):
         state.apply(e)
     assert plan(local, state, receive_only=False) == [Delete("d/f"), Delete("d")]
+
+
+def test_deleted_directory_with_live_entries_inside_stays() -> None:
+    # B deletes d (and the file it knew inside) while C adds a file to it: the new
+    # file wins, so d must stay, on every device (not fail "not empty" forever)
+    state = FolderState()
+    d = entry(A, "d", v(a=1), kind="dir", mode=0o755)
+    old = entry(A, "d/old", v(a=1))
+    new = entry(C, "d/new", v(c=1), oid=OID2)
+    for e in (d, old, entry(B, "d/old", v(a=1, b=1), deleted=True),
+              entry(B, "d", v(a=1, b=1), kind="dir", deleted=True), new):
+        state.apply(e)
+    local = {"d": local_of(d), "d/old": local_of(old)}
+    assert plan(local, state, receive_only=False) == [
+        Fetch("d/new", new), Nothing("d", "deleted, but entries inside are live"),
+        Delete("d/old"),
+    ]
+    # once nothing inside is live, the deletion of the directory applies after all
+    state.apply(entry(C, "d/new", v(c=2), deleted=True))
+    assert plan({"d": local_of(d)}, state, receive_only=False) == [
+        Nothing("d/new", "deleted everywhere"), Nothing("d/old", "deleted everywhere"),
+        Delete("d"),
+    ]
+
+
+def test_deleted_directory_goes_whatever_the_local_version() -> None:
+    # Two devices deleted d concurrently and the other's deletion won the tie; this
+    # device had d again only to hold a file since deleted.  A directory has nothing
+    # to keep: it goes (it used to stay here forever, "changed here since the deletion").
+    state = FolderState()
+    state.apply(entry(A, "d", v(a=2), kind="dir", deleted=True, mtime_ns=T0 + 1))
+    state.apply(entry(B, "d", v(a=1, b=1), kind="dir", deleted=True))
+    assert state["d"].device == A
+    here = LocalFileInfo("dir", None, 0, T0, 0o755, v(a=1, b=1))
+    assert plan({"d": here}, state, receive_only=False) == [Delete("d")]
+
+
+def test_content_already_here_adopts_the_winners_version() -> None:
+    # A directory made here to hold a fetched file has no version of its own; a file
+    # made identically on two devices has ours.  Either way the winner's version is
+    # merged in: a deletion made here later must descend from the winner, or it
+    # looks concurrent and loses to the very entry it deleted.
+    state = FolderState()
+    d = entry(B, "d", v(b=2), kind="dir", mode=0o755)
+    f = entry(B, "f", v(b=1))
+    for e in (d, f):
+        state.apply(e)
+    implicit = LocalFileInfo("dir", None, 0, T0, 0o755, VersionVector())
+    same_here = LocalFileInfo("file", OID1, 3, T0, 0o644, v(a=1))
+    assert plan({"d": implicit, "f": same_here}, state, receive_only=False) == [
+        Adopt("d", v(b=2)), Adopt("f", v(a=1, b=1)),
+    ]
+    # at (or past) the winner's version already: nothing to record
+    past = LocalFileInfo("file", OID1, 3, T0, 0o644, v(a=1, b=1))
+    assert plan({"d": local_of(d), "f": past}, state, receive_only=False) == [
+        Nothing("d", "up to date"), Nothing("f", "up to date"),
+    ]
 
 
 def test_concurrent_edit_keeps_conflict_copy_then_fetches() -> None:

@@ -1,0 +1,92 @@
+"""Local changes racing folder sync, found by the soak (scripts/soak): a directory
+deleted on one device while a file is added inside it on another, and a directory
+renamed while a file is being fetched into it.
+
+Every daemon runs with ``--no-mdns`` on 127.0.0.1 (``cluster``); waits poll against
+deadlines and poke rescans.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from dizzy.client import Client
+from tests.multi.fetch_helpers import cluster, make_random_file
+from tests.multi.folder_helpers import (
+    folder,
+    rescan,
+    share,
+    temp_files,
+    wait_converged,
+    wait_for,
+    wait_idle,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+MB = 1024 * 1024
+SYNC_TIMEOUT = 40.0
+
+
+def test_directory_deleted_while_a_file_is_added_inside(tmp_path: Path) -> None:
+    """The new file wins over the deletion, so its directory stays on both devices, and
+    both come back in sync (the deletion of ``d`` used to fail "directory not empty"
+    on every retry, forever)."""
+    fa, fb = tmp_path / "fa", tmp_path / "fb"
+    fa.mkdir()
+    fb.mkdir()
+    (fa / "d").mkdir()
+    (fa / "d" / "old.txt").write_text("old\n")
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        share(a, "f", fa)
+        share(b, "f", fb)
+        wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "the first sync")
+        a.stop()  # the two changes are made apart: truly concurrent
+        shutil.rmtree(fb / "d")
+        rescan(b)
+        wait_for(lambda: folder(b, "f")["files"] == 0, 10, "B to record the deletion",
+                 poke=(b,))
+        (fa / "d" / "new.txt").write_text("added while B deleted d\n")
+        a.start(*a.extra)
+        wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "d kept for the new file")
+        for node in (a, b):
+            wait_idle(node, "f", SYNC_TIMEOUT)
+        assert (fb / "d" / "new.txt").read_text() == "added while B deleted d\n"
+        assert not (fa / "d" / "old.txt").exists()
+
+
+def test_directory_renamed_while_a_file_is_fetched_into_it(tmp_path: Path) -> None:
+    """The temp file moves away with its directory and the rename into place fails:
+    no temp file may be left behind (one was, with the rest of its batch), and the
+    devices converge."""
+    fa, fb = tmp_path / "fa", tmp_path / "fb"
+    fa.mkdir()
+    fb.mkdir()
+    (fa / "d").mkdir()
+    (fa / "d" / "small.txt").write_text("small\n")
+    make_random_file(fa / "d" / "big.bin", 100 * MB, seed=b"big")
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        share(a, "f", fa)
+        wait_idle(a, "f", 30)
+        Client(b.home).call("share", {"name": "f", "path": str(fb), "mode": "send-receive"})
+        deadline = time.monotonic() + SYNC_TIMEOUT
+        while not any(t.startswith("d/") for t in temp_files(fb)):
+            assert time.monotonic() < deadline, "B never started fetching into d"
+            time.sleep(0.005)
+        os.rename(fb / "d", fb / "d2")
+        moved = temp_files(fb / "d2")
+        print(f"temp files carried away with the directory: {moved}")
+        wait_converged([fa, fb], (a, b), SYNC_TIMEOUT + 30, "convergence after the rename")
+        for node in (a, b):
+            wait_idle(node, "f", SYNC_TIMEOUT)
+        assert not temp_files(fa) and not temp_files(fb)
+        # B renamed d away before it had big.bin: that file was never deleted, so d
+        # stays, with it, on both devices
+        assert (fb / "d" / "big.bin").stat().st_size == 100 * MB

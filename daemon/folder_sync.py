@@ -163,8 +163,14 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
         f = files[path]
         base = state.versions.get(path)
         if base is None:
+            # Made here, not fetched: it descends from no other device's content, so
+            # an entry another device made at this path meanwhile is concurrent (a
+            # conflict, both kept).  Claiming the winner's version would silently
+            # supersede bytes this device never saw.  Only a deletion is safe to
+            # descend from: it holds nothing to lose.
             winner = state.merged.get(path)
-            base = winner.version if winner is not None else VersionVector()
+            base = winner.version if winner is not None and winner.deleted \
+                else VersionVector()
         version = base.bump(state.me)
         entries.append(state.writer.append(
             path, f.kind, False, f.object_id if f.kind == "file" else None,

@@ -1,0 +1,60 @@
+"""How this device's scanned changes enter its log (daemon/folder_sync.py
+``log_local_changes``): the version each new entry descends from."""
+
+from __future__ import annotations
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from dizzy.daemon.folder_sync import SyncState, log_local_changes
+from dizzy.daemon.scanner import ScannedFile
+from dizzy.protocol.changelog import LogWriter
+from dizzy.protocol.ids import DeviceId
+from dizzy.protocol.versions import VersionVector
+
+T0 = 1_700_000_000_000_000_000
+OURS, THEIRS = "11" * 32, "22" * 32
+
+
+def device(seed: int) -> tuple[bytes, Ed25519PrivateKey]:
+    key = Ed25519PrivateKey.from_private_bytes(bytes([seed]) * 32)
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return DeviceId.from_public_key(public).digest, key
+
+
+def scanned(path: str, object_id: str) -> ScannedFile:
+    return ScannedFile(path, "file", 10, T0, 1234, 0o644, object_id)
+
+
+def test_a_file_made_here_does_not_descend_from_another_devices_file() -> None:
+    """Both devices create ``f`` before hearing of the other's.  We heard of theirs
+    first (it is in our fold, we never fetched it): our entry must still be
+    concurrent with theirs, so the fold keeps one as a conflict copy.  It used to
+    claim their version and silently replace bytes we never had."""
+    me, my_key = device(1)
+    them, their_key = device(2)
+    theirs = LogWriter("f", them, their_key).append(
+        "f", "file", False, THEIRS, 10, T0, 0o644, None, VersionVector({them: 1}))
+    state = SyncState("f", me, LogWriter("f", me, my_key))
+    state.merged.apply(theirs)
+    files = {"f": scanned("f", OURS)}
+    [mine] = log_local_changes(state, files, {}, ["f"], [])
+    assert mine.version == VersionVector({me: 1})
+    assert mine.version.compare(theirs.version) == "concurrent"
+    # once the file here is theirs (fetched at their version), an edit descends from it
+    state.versions["f"] = theirs.version
+    [edit] = log_local_changes(state, files, files, ["f"], [])
+    assert edit.version == VersionVector({me: 1, them: 1})
+
+
+def test_a_file_made_again_after_a_deletion_descends_from_the_deletion() -> None:
+    me, my_key = device(1)
+    them, their_key = device(2)
+    writer = LogWriter("f", them, their_key)
+    writer.append("f", "file", False, THEIRS, 10, T0, 0o644, None, VersionVector({them: 1}))
+    gone = writer.append("f", "file", True, None, 0, T0, 0o644, None, VersionVector({them: 2}))
+    state = SyncState("f", me, LogWriter("f", me, my_key))
+    state.merged.apply(gone)
+    [again] = log_local_changes(state, {"f": scanned("f", OURS)}, {}, ["f"], [])
+    assert again.version == VersionVector({me: 1, them: 2})
+    assert state.merged["f"] == again

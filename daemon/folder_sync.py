@@ -171,6 +171,11 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
             winner = state.merged.get(path)
             base = winner.version if winner is not None and winner.deleted \
                 else VersionVector()
+        # Always past every entry this device made at the path: our own entries then
+        # supersede each other by their vectors alone, as the fold needs.
+        own = state.merged.counter(path, state.me)
+        if own > base.get(state.me, 0):
+            base = base.merge(VersionVector({state.me: own}))
         version = base.bump(state.me)
         entries.append(state.writer.append(
             path, f.kind, False, f.object_id if f.kind == "file" else None,

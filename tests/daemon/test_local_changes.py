@@ -44,7 +44,7 @@ def test_a_file_made_here_does_not_descend_from_another_devices_file() -> None:
     # once the file here is theirs (fetched at their version), an edit descends from it
     state.versions["f"] = theirs.version
     [edit] = log_local_changes(state, files, files, ["f"], [])
-    assert edit.version == VersionVector({me: 1, them: 1})
+    assert edit.version == VersionVector({me: 2, them: 1})
 
 
 def test_a_file_made_again_after_a_deletion_descends_from_the_deletion() -> None:
@@ -58,3 +58,21 @@ def test_a_file_made_again_after_a_deletion_descends_from_the_deletion() -> None
     [again] = log_local_changes(state, {"f": scanned("f", OURS)}, {}, ["f"], [])
     assert again.version == VersionVector({me: 1, them: 2})
     assert state.merged["f"] == again
+
+
+def test_a_new_entry_is_past_every_entry_this_device_made_at_the_path() -> None:
+    """Our file lost a conflict and was replaced by theirs; after the applier deleted
+    the path (their deletion), we make a new file there: its vector must be past our
+    own earlier one too, not restart our counter at 1."""
+    me, my_key = device(1)
+    them, their_key = device(2)
+    state = SyncState("f", me, LogWriter("f", me, my_key))
+    [first] = log_local_changes(state, {"f": scanned("f", OURS)}, {}, ["f"], [])
+    writer = LogWriter("f", them, their_key)
+    theirs = writer.append("f", "file", False, THEIRS, 10, T0 + 5, 0o644, None,
+                           VersionVector({them: 1}))
+    state.merged.apply(theirs)
+    state.versions.pop("f")  # the applier replaced our file, then deleted it
+    [again] = log_local_changes(state, {"f": scanned("f", "33" * 32)}, {}, ["f"], [])
+    assert again.version == VersionVector({me: 2})
+    assert first.version.compare(again.version) == "older"

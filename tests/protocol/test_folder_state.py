@@ -134,6 +134,59 @@ def test_identical_concurrent_changes_are_not_a_conflict() -> None:
     assert decision.outcome == "wins" and decision.loser is None
 
 
+def test_three_devices_fold_the_same_whatever_the_order() -> None:
+    # Found by the soak: B and C each kept the same conflict copy (identical, made
+    # concurrently); A deleted B's.  A's deletion descends from B's entry but is
+    # concurrent with C's.  Folded as A, B, C one device had the copy deleted, folded
+    # C, A, B another had it live: the trees never converged.
+    c_copy = entry(C, "x", v(c=1), oid=OID1)
+    a_gone = entry(A, "x", v(a=1, b=1), deleted=True)
+    b_copy = entry(B, "x", v(b=1), oid=OID1)
+    winners = set()
+    for order in itertools.permutations([c_copy, a_gone, b_copy]):
+        state = FolderState()
+        for e in order:
+            state.apply(e)
+        winners.add(state["x"])
+        assert state.losers("x") == []
+    assert winners == {c_copy}  # C's copy stands: a change beats the deletion
+
+
+def test_three_way_conflict_keeps_every_losing_version() -> None:
+    edits = [entry(A, "x", v(a=1), oid=OID1, mtime_ns=T0 + 3),
+             entry(B, "x", v(b=1), oid=OID2, mtime_ns=T0 + 2),
+             entry(C, "x", v(c=1), oid=OID3, mtime_ns=T0 + 1)]
+    for order in itertools.permutations(edits):
+        state = FolderState()
+        for e in order:
+            state.apply(e)
+        assert state["x"] == edits[0]
+        assert state.losers("x") == edits[1:]
+        # each device keeps its own losing version as a copy, not only the best loser
+        for mine in edits[1:]:
+            assert plan({"x": local_of(mine)}, state, receive_only=False) == [
+                KeepConflict("x", mine), Fetch("x", edits[0])
+            ]
+    # a later edit that saw two of them retires both; the third still conflicts
+    merged_edit = entry(B, "x", v(a=1, b=2), oid=OID2, mtime_ns=T0 + 9)
+    decision = state.apply(merged_edit)
+    assert (decision.outcome, decision.winner, decision.loser) == (
+        "conflict", merged_edit, edits[2])
+    assert state.losers("x") == [edits[2]]
+
+
+def test_content_a_head_replaced_is_not_kept_as_a_conflict() -> None:
+    # we have B's first version; B edited it again while C's concurrent edit won: what
+    # we hold was seen and replaced by B, so we simply take the winner
+    state = FolderState()
+    b1 = entry(B, "x", v(b=1), oid=OID1)
+    for e in (b1, entry(B, "x", v(b=2), oid=OID2, mtime_ns=T0),
+              c1 := entry(C, "x", v(c=1), oid=OID3, mtime_ns=T0 + 5)):
+        state.apply(e)
+    assert state["x"] == c1
+    assert plan({"x": local_of(b1)}, state, receive_only=False) == [Fetch("x", c1)]
+
+
 def test_fold_refuses_other_values() -> None:
     not_an_entry: Any = "x"
     with pytest.raises(LocalProtocolError):

@@ -319,6 +319,10 @@ class Applier:
         self.ready: list[tuple[Path, Path, Fetch]] = []
         #: fetched files that could not be renamed into place (retried later)
         self.flush_failures = 0
+        #: entries this apply added to our own log (the caller announces them)
+        self.logged: list[LogEntry] = []
+        #: conflicts closed here: path -> our entry naming the winner's content
+        self._closed: dict[str, LogEntry] = {}
         self._flush_lock = trio.Lock()
 
     def local_view(self) -> dict[str, LocalFileInfo]:
@@ -376,6 +380,12 @@ class Applier:
                 await one(action)
         dirs, self.dirs_to_sync = self.dirs_to_sync, set()
         await trio.to_thread.run_sync(_fsync_dirs, dirs)
+        for relpath, closed in self._closed.items():
+            here = self.files.get(relpath)
+            if here is not None and here.object_id == closed.object_id:
+                # the winner's content arrived: it is here at the closing version
+                self.state.versions[relpath] = closed.version
+                self.changed_versions[relpath] = closed.version
         if self.changed_versions:
             await self.index.call(_save_versions, self.state.folder, self.changed_versions)
         self.state.need_bytes = max(self.state.need_bytes, 0)
@@ -437,6 +447,7 @@ class Applier:
                 self.files.pop(action.path, None)
                 log.warning("folder %s: conflict on %s; kept this device's version as %s",
                             self.state.folder, action.path, copy.name)
+                await self._close_conflict(action)
         elif isinstance(action, MakeDir):
             entry = action.entry
             try:
@@ -472,6 +483,27 @@ class Applier:
             self.files.pop(relpath, None)
             self.state.versions.pop(relpath, None)
             self.changed_versions[relpath] = None
+
+    async def _close_conflict(self, action: KeepConflict) -> None:
+        """The losing version here is now a conflict copy: log the path as holding the
+        winner's content at a version past both.  Otherwise the loser stays a head
+        forever, and wins again (with content nobody has any more) as soon as the
+        winner is deleted.  Only a device that kept a copy may close the conflict."""
+        winner = self.state.merged.get(action.path)
+        if winner is None or winner.deleted:
+            return
+        me = self.state.me
+        version = winner.version.merge(action.loser.version)
+        own = self.state.merged.counter(action.path, me)
+        if own > version.get(me, 0):
+            version = version.merge(VersionVector({me: own}))
+        entry = self.state.writer.append(
+            action.path, winner.kind, False, winner.object_id, winner.size, winner.mtime_ns,
+            winner.mode, winner.link_target, version.bump(me))
+        self.state.merged.apply(entry)
+        self._closed[action.path] = entry
+        self.logged.append(entry)
+        await self.index.call(_save_entries, [entry], self.state.writer.head())
 
     async def _fetch(self, action: Fetch, path: Path) -> None:
         entry = action.entry

@@ -159,6 +159,8 @@ class FolderRunner:
                     gone = [p for p in before if p not in self.files]
                     await self.index.call(_save_files, self.name, self.files, touched, gone)
                     self.state = "idle"
+            if applier.logged:
+                await self.manager.announce(self.name)  # conflicts we closed
             if failed:
                 # Content no online peer could give yet, or a file that changed under
                 # us: rescan, and try again soon, then less often.

@@ -340,7 +340,9 @@ def _plan_path(
             # would have beaten the deletion: whatever our version says (a deletion
             # of ours that lost the tie, or none), nothing is lost by deleting it.
             return [Delete(path)]
-        if receive_only or here.version.compare(winner.version) in ("older", "equal"):
+        # Every head is a deletion here (a live head would have won).  What is here
+        # goes if any of them descends from it: a device saw it, then deleted it.
+        if receive_only or merged.covers(path, here.version):
             return [Delete(path)]
         return [Nothing(path, "changed here since the deletion")]
     if here is None:

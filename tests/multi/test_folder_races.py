@@ -1,6 +1,7 @@
 """Local changes racing folder sync, found by the soak (scripts/soak): a directory
-deleted on one device while a file is added inside it on another, and a directory
-renamed while a file is being fetched into it.
+deleted on one device while a file is added inside it on another, a directory
+renamed while a file is being fetched into it, and a settled conflict whose winner
+is deleted.
 
 Every daemon runs with ``--no-mdns`` on 127.0.0.1 (``cluster``); waits poll against
 deadlines and poke rescans.
@@ -31,6 +32,8 @@ pytestmark = pytest.mark.timeout(90)
 
 MB = 1024 * 1024
 SYNC_TIMEOUT = 40.0
+T_EARLY = 1_700_000_000_000_000_000
+T_LATE = T_EARLY + 100_000_000_000
 
 
 def test_directory_deleted_while_a_file_is_added_inside(tmp_path: Path) -> None:
@@ -90,3 +93,37 @@ def test_directory_renamed_while_a_file_is_fetched_into_it(tmp_path: Path) -> No
         # B renamed d away before it had big.bin: that file was never deleted, so d
         # stays, with it, on both devices
         assert (fb / "d" / "big.bin").stat().st_size == 100 * MB
+
+
+def test_a_conflict_once_kept_does_not_come_back_when_the_winner_is_deleted(
+        tmp_path: Path) -> None:
+    """A and B create plan.txt concurrently; A's (later) wins and B keeps its own as a
+    conflict copy.  When A then deletes plan.txt it must stay deleted: B's losing
+    version used to stay in the fold and win again over the deletion."""
+    fa, fb = tmp_path / "fa", tmp_path / "fb"
+    fa.mkdir()
+    fb.mkdir()
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        share(a, "f", fa)
+        share(b, "f", fb)
+        wait_idle(b, "f", 20)
+        b.stop()
+        (fb / "plan.txt").write_text("B's plan\n")
+        os.utime(fb / "plan.txt", ns=(T_EARLY, T_EARLY))
+        (fa / "plan.txt").write_text("A's plan, the later one\n")
+        os.utime(fa / "plan.txt", ns=(T_LATE, T_LATE))
+        rescan(a)
+        wait_for(lambda: folder(a, "f")["files"] == 1, 10, "A to record its plan", poke=(a,))
+        b.start(*b.extra)
+        wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "the conflict to settle")
+        copies = sorted(p.name for p in fa.glob("plan.sync-conflict-*"))
+        assert len(copies) == 1, copies
+        (fa / "plan.txt").unlink()
+        rescan(a)
+        wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, "the deletion")
+        for node in (a, b):
+            wait_idle(node, "f", SYNC_TIMEOUT)
+        for root in (fa, fb):
+            assert not (root / "plan.txt").exists()
+            assert (root / copies[0]).read_text() == "B's plan\n"

@@ -339,6 +339,25 @@ def test_deleted_directory_goes_whatever_the_local_version() -> None:
     assert plan({"d": here}, state, receive_only=False) == [Delete("d")]
 
 
+def test_deletion_that_saw_this_content_applies_even_if_it_lost_the_tie() -> None:
+    # C deleted its copy; B, which had A's edit of it, deleted it too; C's deletion
+    # won the tie.  A still holds its edit, which B's deletion descends from: it goes
+    # (it used to stay on A forever, "changed here since the deletion").
+    state = FolderState()
+    a_edit = entry(A, "x", v(a=1, c=1), oid=OID2)
+    for e in (entry(C, "x", v(c=1), oid=OID1), a_edit,
+              entry(C, "x", v(c=2), deleted=True, mtime_ns=T0 + 1),
+              entry(B, "x", v(a=1, b=1, c=1), deleted=True)):
+        state.apply(e)
+    assert state["x"].device == C and state["x"].deleted
+    assert plan({"x": local_of(a_edit)}, state, receive_only=False) == [Delete("x")]
+    # an edit no deletion saw stays, as before
+    unseen = LocalFileInfo("file", OID3, 3, T0, 0o644, v(a=2, c=1))
+    assert plan({"x": unseen}, state, receive_only=False) == [
+        Nothing("x", "changed here since the deletion")
+    ]
+
+
 def test_content_already_here_adopts_the_winners_version() -> None:
     # A directory made here to hold a fetched file has no version of its own; a file
     # made identically on two devices has ours.  Either way the winner's version is

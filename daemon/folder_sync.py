@@ -440,9 +440,8 @@ class Applier:
     async def _one(self, action: Any) -> None:
         path = self._target(action.path)
         if isinstance(action, KeepConflict):
-            copy = self._target(conflict_path_for(action.path, action.loser))
             if self._unchanged(action.path, path):
-                os.rename(path, copy)
+                copy = self._keep_copy(action, path)
                 fsync_dir(path.parent)
                 self.files.pop(action.path, None)
                 log.warning("folder %s: conflict on %s; kept this device's version as %s",
@@ -483,6 +482,25 @@ class Applier:
             self.files.pop(relpath, None)
             self.state.versions.pop(relpath, None)
             self.changed_versions[relpath] = None
+
+    def _keep_copy(self, action: KeepConflict, path: Path) -> Path:
+        """Move the losing version to its conflict name, never over another file: two
+        conflicts at one path can share a name (same losing device, same second), and
+        a plain rename would silently destroy the earlier copy."""
+        for attempt in range(1, 1000):
+            copy = self._target(conflict_path_for(action.path, action.loser, attempt))
+            try:
+                os.link(path, copy)  # fails if the name is taken, unlike rename
+            except FileExistsError:
+                continue
+            except OSError:
+                if os.path.lexists(copy):  # no hard links here: check, then rename
+                    continue
+                os.rename(path, copy)
+                return copy
+            os.unlink(path)
+            return copy
+        raise UsageError(f"{action.path}: no free name for a conflict copy")
 
     async def _close_conflict(self, action: KeepConflict) -> None:
         """The losing version here is now a conflict copy: log the path as holding the

@@ -167,14 +167,17 @@ class FolderState:
         return len(self._winners)
 
 
-def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
+def conflict_name(path: str, mtime_ns: int, device_short: str, attempt: int = 1) -> str:
     """``dir/name.sync-conflict-YYYYMMDD-HHMMSS-SHORTID.ext`` for a conflict copy.
 
     The time is the losing version's mtime in UTC; the extension stays last so the
     copy opens with the same program.  A dotfile (``.bashrc``) or a name without a
     dot gets the marker at the end.  The stem is trimmed if the name would exceed
-    NAME_MAX.
+    NAME_MAX.  ``attempt`` 2, 3... appends ``-2``, ``-3`` to the short ID: the name
+    to try when an earlier copy of another version already holds the first one.
     """
+    if type(attempt) is not int or not 1 <= attempt <= 999:
+        raise LocalProtocolError(f"conflict copy attempt {attempt!r} out of range")
     parts = validate_relpath(path)
     validate_name(device_short)
     if not device_short.isascii() or not device_short.isalnum():
@@ -185,7 +188,8 @@ def conflict_name(path: str, mtime_ns: int, device_short: str) -> str:
     dot = name.rfind(".")
     has_ext = 0 < dot < len(name) - 1 and len(name[dot:].encode()) <= MAX_EXTENSION_BYTES
     stem, ext = (name[:dot], name[dot:]) if has_ext else (name, "")
-    suffix = f"{CONFLICT_MARKER}{stamp}-{device_short}{ext}"
+    serial = f"-{attempt}" if attempt > 1 else ""
+    suffix = f"{CONFLICT_MARKER}{stamp}-{device_short}{serial}{ext}"
     room = MAX_NAME_BYTES - len(suffix.encode())
     # trim on a character boundary: drop the partial UTF-8 sequence at the cut
     stem = stem.encode()[:room].decode("utf-8", errors="ignore")
@@ -270,8 +274,8 @@ class Nothing:
 Action = Fetch | Delete | MakeDir | MakeLink | KeepConflict | Adopt | Nothing
 
 
-def conflict_path_for(path: str, loser: LogEntry) -> str:
-    return conflict_name(path, loser.mtime_ns, DeviceId(loser.device).short)
+def conflict_path_for(path: str, loser: LogEntry, attempt: int = 1) -> str:
+    return conflict_name(path, loser.mtime_ns, DeviceId(loser.device).short, attempt)
 
 
 def _matches(local: LocalFileInfo, entry: LogEntry) -> bool:

@@ -127,3 +127,30 @@ def test_a_conflict_once_kept_does_not_come_back_when_the_winner_is_deleted(
         for root in (fa, fb):
             assert not (root / "plan.txt").exists()
             assert (root / copies[0]).read_text() == "B's plan\n"
+
+
+def test_two_conflicts_with_the_same_copy_name_keep_both_copies(tmp_path: Path) -> None:
+    """B loses two conflicts at one path with versions of the same mtime second: both
+    copies would get one name, and the second rename used to destroy the first."""
+    fa, fb = tmp_path / "fa", tmp_path / "fb"
+    fa.mkdir()
+    fb.mkdir()
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        share(a, "f", fa)
+        share(b, "f", fb)
+        wait_idle(b, "f", 20)
+        for round_, (mine, theirs) in enumerate([("B first\n", "A first\n"),
+                                                 ("B second\n", "A second\n")]):
+            b.stop()
+            (fb / "plan.txt").write_text(mine)
+            os.utime(fb / "plan.txt", ns=(T_EARLY, T_EARLY))  # the same second twice
+            (fa / "plan.txt").write_text(theirs)
+            os.utime(fa / "plan.txt", ns=(T_LATE + round_, T_LATE + round_))
+            rescan(a)
+            b.start(*b.extra)  # B's edit was made apart from A's: truly concurrent
+            wait_converged([fa, fb], (a, b), SYNC_TIMEOUT, f"conflict {round_ + 1}")
+        for root in (fa, fb):
+            kept = sorted(p.read_text() for p in root.glob("plan.sync-conflict-*"))
+            assert kept == ["B first\n", "B second\n"], kept
+            assert (root / "plan.txt").read_text() == "A second\n"

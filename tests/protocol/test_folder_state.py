@@ -230,6 +230,17 @@ def test_conflict_name_refuses_bad_input(path: str, short: str) -> None:
         conflict_name(path, T0, short)
 
 
+def test_conflict_name_attempts_for_a_taken_name() -> None:
+    first = conflict_name("d/plan.txt", T0, "ABCDEFG")
+    assert first == "d/plan.sync-conflict-20231114-221320-ABCDEFG.txt"
+    assert conflict_name("d/plan.txt", T0, "ABCDEFG", 2) == \
+        "d/plan.sync-conflict-20231114-221320-ABCDEFG-2.txt"
+    assert conflict_name("d/plan.txt", T0, "ABCDEFG", 1) == first
+    for bad in (0, 1000, True):
+        with pytest.raises(LocalProtocolError):
+            conflict_name("d/plan.txt", T0, "ABCDEFG", bad)
+
+
 def test_conflict_path_uses_the_losers_device() -> None:
     loser = entry(B, "x.txt", v(b=1), mtime_ns=T0)
     assert conflict_path_for("x.txt", loser) == (

@@ -231,8 +231,14 @@ def log_batch(conn: sqlite3.Connection, state: SyncState, device: bytes, after: 
             "SELECT data FROM log_entries WHERE folder = ? AND device = ? AND seq > ? AND "
             "seq <= ? ORDER BY seq", (state.folder, device, after, end)).fetchall()
         entries = [bytes(r[0]) for r in rows]
+        if not entries:
+            raise NotFound("those entries are still being stored; ask again")
+        # The writer runs ahead of the index while new entries are being saved: sign
+        # the head of what is stored (a true prefix of the log), not of the writer,
+        # or the batch ends short of its head and the peer refuses it.
         last = LogEntry.decode(entries[-1])
-        return entries, sign_head(state.folder, device, end, last.entry_hash, key).encode()
+        return entries, sign_head(state.folder, device, last.seq, last.entry_hash,
+                                  key).encode()
     row = conn.execute(
         "SELECT seq, data FROM log_heads WHERE folder = ? AND device = ? AND seq > ? "
         "ORDER BY seq LIMIT 1", (state.folder, device, after)).fetchone()

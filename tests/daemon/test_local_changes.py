@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from dizzy.daemon.folder_sync import SyncState, log_local_changes
+from dizzy.daemon.folder_sync import SyncState, _save_entries, log_batch, log_local_changes
 from dizzy.daemon.scanner import ScannedFile
-from dizzy.protocol.changelog import LogWriter
+from dizzy.daemon.schema import STATEMENTS
+from dizzy.protocol.changelog import LogEntry, LogReplica, LogWriter, SignedHead
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.versions import VersionVector
 
@@ -76,3 +79,22 @@ def test_a_new_entry_is_past_every_entry_this_device_made_at_the_path() -> None:
     [again] = log_local_changes(state, {"f": scanned("f", "33" * 32)}, {}, ["f"], [])
     assert again.version == VersionVector({me: 2})
     assert first.version.compare(again.version) == "older"
+
+
+def test_own_log_batch_ends_at_a_head_while_entries_are_being_stored() -> None:
+    """A peer's folder.log served between an append and its save (the writer ahead of
+    the index) must still end at its signed head: it used to be signed at the
+    writer's sequence and refused as "entries end at seq N, not at the signed head"."""
+    me, my_key = device(1)
+    conn = sqlite3.connect(":memory:", isolation_level=None)
+    for statement in STATEMENTS:
+        conn.execute(statement)
+    state = SyncState("f", me, LogWriter("f", me, my_key))
+    stored = log_local_changes(state, {"a": scanned("a", OURS)}, {}, ["a"], [])
+    _save_entries(conn, stored, state.writer.head())
+    log_local_changes(state, {"b": scanned("b", THEIRS)}, {}, ["b"], [])  # not saved yet
+    entries, head = log_batch(conn, state, me, 0, my_key)
+    public = my_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    replica = LogReplica("f", me, public)
+    accepted = replica.accept([LogEntry.decode(e) for e in entries], SignedHead.decode(head))
+    assert [e.path for e in accepted] == ["a"]

@@ -6,6 +6,6 @@
 
 from dizzy.protocol.errors import DizzyError
 
-from ._client import Client
+from ._client import Client, EventStream
 
-__all__ = ["Client", "DizzyError"]
+__all__ = ["Client", "DizzyError", "EventStream"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ from dizzy.daemon.home import Home, resolve_home
 from dizzy.protocol.errors import DizzyError, UsageError
 from dizzy.protocol.ids import parse_object_id
 
+from . import cli_ops
 from ._client import Client
 from .progress import ProgressBar, human_bytes
 
@@ -50,14 +50,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     import trio
 
     from dizzy.daemon.context import DaemonConfig
+    from dizzy.daemon.logs import configure_daemon_logging
     from dizzy.daemon.serve import run_daemon
 
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     home = Home(resolve_home(args.home))
+    configure_daemon_logging(home, debug=args.debug)  # stderr and <home>/log/dizzy.log
     from dizzy.daemon.config import load_config
 
     file_config = load_config(home.root)  # flags below override it
@@ -68,8 +65,41 @@ def cmd_daemon(args: argparse.Namespace) -> int:
         listen=parse_hostport(listen, default_host="0.0.0.0") if listen else None,
         static_peers=[parse_hostport(p) for p in [*file_config.peers, *args.peer]],
         mdns=not args.no_mdns and file_config.mdns is not False,
+        **_gui_settings(args.gui, args.no_gui, file_config.gui),
     )
     trio.run(run_daemon, config)
+    return 0
+
+
+def _gui_settings(flag: str | None, off: bool, configured: str | bool | None
+                  ) -> dict[str, Any]:
+    """DaemonConfig's ``gui``/``gui_optional``: the flag, else the file, else the default."""
+    from dizzy.daemon.gui import DEFAULT_GUI_HOST, DEFAULT_GUI_PORT, parse_gui_address
+
+    if off or (flag is None and configured is False):
+        return {"gui": None}
+    if flag is not None or isinstance(configured, str):
+        return {"gui": parse_gui_address(flag if flag is not None else str(configured))}
+    return {"gui": (DEFAULT_GUI_HOST, DEFAULT_GUI_PORT), "gui_optional": True}
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    from dizzy.daemon.gui import read_token
+
+    status = _client(args).status()
+    token = read_token(Path(status["home"]))
+    if not status.get("gui"):
+        raise UsageError("the daemon serves no web page (it runs with --no-gui, "
+                         "or its port was taken: see its log)")
+    if token is None:
+        raise UsageError(f"no web page token in {status['home']}; restart the daemon")
+    url = f"{status['gui']}?token={token}"
+    print(url)
+    if args.open:
+        import webbrowser
+
+        if not webbrowser.open(url):
+            raise DizzyError("no web browser to open; paste the address above into one")
     return 0
 
 
@@ -92,8 +122,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"home     {status['home']}")
     print(f"daemon   pid {status['pid']}, up {status['uptime']:.0f} s, v{status['version']}")
     print(f"objects  {status['objects']} ({human_bytes(status['object_bytes'])})")
-    for key in ("listen", "peers_online", "peers_paired"):
-        if key in status:
+    for key in ("listen", "peers_online", "peers_paired", "gui"):
+        if status.get(key) is not None:
             print(f"{key.replace('_', ' '):8} {status[key]}")
     return 0
 
@@ -236,7 +266,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a peer to dial without discovery (repeatable)")
     p.add_argument("--no-mdns", action="store_true", help="turn mDNS discovery off")
     p.add_argument("--name", help="this device's human name (default: host name)")
+    p.add_argument("--gui", metavar="HOST:PORT",
+                   help="the web page's loopback address (default: 127.0.0.1:22080)")
+    p.add_argument("--no-gui", action="store_true", help="serve no web page")
     p.set_defaults(func=cmd_daemon)
+
+    p = sub.add_parser("gui", help="print the web page's address (with its token)")
+    p.add_argument("--open", action="store_true", help="open it in a web browser too")
+    p.set_defaults(func=cmd_gui)
 
     p = sub.add_parser("id", help="print this device's ID")
     p.set_defaults(func=cmd_id)
@@ -305,8 +342,8 @@ def _fetch_options(p: argparse.ArgumentParser) -> None:
                    help="wait for a device that has the object to come online")
 
 
-#: later layers (peers, folders) add their subcommands here
-_EXTENSIONS: list[Callable[[Any], None]] = []
+#: later layers add their subcommands here (events, log, service: cli_ops)
+_EXTENSIONS: list[Callable[[Any], None]] = [cli_ops.add_commands]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -66,7 +66,8 @@ def register(api: ControlApi, ctx: DaemonContext, trust: TrustStore, peers: Peer
         device = DeviceId.parse(call.param("id", str))
         if not await trust.remove(device):
             raise NotFound(f"device {device} is not paired")
-        await peers.disconnect(device)
+        ctx.events.publish("peer.unpaired", device_id=str(device))
+        await peers.disconnect(device, "unpaired")
         return {"device_id": str(device)}
 
     api.register("pair_invite", pair_invite)

@@ -75,7 +75,8 @@ def register(api: ControlApi, ctx: DaemonContext) -> None:
         try:
             with trio.fail_after(float(timeout) if timeout is not None else math.inf):
                 kind: str = await fetcher.ensure_local(
-                    object_id, wait=wait, progress=counter, deliver_to=deliver_to
+                    object_id, wait=wait, progress=counter, deliver_to=deliver_to,
+                    what=str(deliver_to) if deliver_to is not None else "",
                 )
                 return kind
         except trio.TooSlowError:

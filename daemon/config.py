@@ -4,6 +4,7 @@
     listen = "0.0.0.0:22070"       # peer listen address
     peers = ["10.0.0.7:22070"]     # static peers, dialled without discovery
     mdns = true                    # mDNS discovery on or off
+    gui = "127.0.0.1:22080"        # the web page's loopback address; false: no page
 
 A typo is an error that names the file and line, never a silently ignored setting.
 """
@@ -18,6 +19,8 @@ from typing import Any
 
 from dizzy.protocol.errors import UsageError
 
+from .gui.address import parse_gui_address
+
 CONFIG_FILE = "config.toml"
 
 
@@ -27,9 +30,14 @@ class FileConfig:
     listen: str | None = None
     peers: list[str] = field(default_factory=list)
     mdns: bool | None = None
+    #: "HOST:PORT" on loopback, or False for no page (None: not set)
+    gui: str | bool | None = None
 
 
-_KINDS: dict[str, type] = {"name": str, "listen": str, "peers": list, "mdns": bool}
+_KINDS: dict[str, type | tuple[type, ...]] = {
+    "name": str, "listen": str, "peers": list, "mdns": bool, "gui": (str, bool),
+}
+_KIND_NAMES = {"gui": '"HOST:PORT" string or false'}
 
 
 def _line_of(text: str, key: str) -> int:
@@ -60,7 +68,15 @@ def load_config(home: Path) -> FileConfig:
             known = ", ".join(sorted(_KINDS))
             raise UsageError(f"{where}: unknown setting {key!r} (known: {known})")
         if not isinstance(value, kind):
-            raise UsageError(f"{where}: {key} must be a {kind.__name__}")
+            wanted = _KIND_NAMES.get(key) or getattr(kind, "__name__", "")
+            raise UsageError(f"{where}: {key} must be a {wanted}")
+        if key == "gui" and value is True:
+            raise UsageError(f'{where}: gui must be a "HOST:PORT" string or false')
+        if key == "gui" and isinstance(value, str):
+            try:
+                parse_gui_address(value)
+            except UsageError as exc:
+                raise UsageError(f"{where}: {exc.message}") from None
         if isinstance(value, list) and not all(isinstance(p, str) for p in value):
             raise UsageError(f"{where}: peers must be a list of \"HOST:PORT\" strings")
         setattr(config, key, value)

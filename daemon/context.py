@@ -22,6 +22,11 @@ class DaemonConfig:
     listen: tuple[str, int] | None = None
     static_peers: list[tuple[str, int]] = field(default_factory=list)
     mdns: bool = True
+    #: the web page's loopback (host, port); None: no page
+    gui: tuple[str, int] | None = None
+    #: True when ``gui`` is only the built-in default: a busy port turns the page off
+    #: with a warning instead of stopping the daemon
+    gui_optional: bool = False
 
 
 @dataclass

@@ -12,17 +12,23 @@ the daemon wait for it.  Memory is bounded by the ring, whatever the subscribers
 
 ``publish`` must be called from the trio thread; worker threads go through
 ``trio.from_thread.run_sync(bus.publish, ...)``.
+
+Every event worth knowing is also logged, here, as one line (daemon/event_text.py):
+the log and the event stream come from the same calls and say the same things.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import trio
+
+from .event_text import describe, log_level, logger_name
 
 #: events kept for late or slow readers; ~1,000 events of a few hundred bytes each
 HISTORY = 1000
@@ -47,17 +53,28 @@ class EventBus:
         self._last_id = 0
         self._clock = clock
         self._wakeup = trio.Event()
+        self._readers = 0
+
+    @property
+    def readers(self) -> int:
+        """Subscriptions open now (a hung-up client's ends with its request)."""
+        return self._readers
 
     @property
     def last_id(self) -> int:
         return self._last_id
 
-    def publish(self, type: str, **data: Any) -> Event:
+    def publish(self, type: str, /, *, already_logged: bool = False, **data: Any) -> Event:
+        """Record an event, wake its readers, and log it (unless the caller did, in
+        words tests and users already rely on: ``already_logged``)."""
         self._last_id += 1
         event = Event(self._last_id, self._clock(), type, data)
         self._ring.append(event)
         wakeup, self._wakeup = self._wakeup, trio.Event()
         wakeup.set()
+        level = None if already_logged else log_level(type, data)
+        if level is not None:
+            logging.getLogger(logger_name(type)).log(level, "%s", describe(type, data))
         return event
 
     def recent(self, types: set[str] | None = None, limit: int | None = None) -> list[Event]:
@@ -76,7 +93,7 @@ class EventBus:
 
     async def subscribe(
         self, after: int | None = None, types: set[str] | None = None
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Yield events with id > ``after`` (default: only new ones), forever.
 
         A reader that fell behind the ring gets one synthetic ``events.dropped`` event
@@ -85,14 +102,18 @@ class EventBus:
         cursor = self._last_id if after is None else after
         if cursor > self._last_id:
             cursor = 0  # an id from before a daemon restart: everything since it started
-        while True:
-            missed, events = self.since(cursor)
-            if missed:
-                yield Event(0, self._clock(), "events.dropped", {"count": missed})
-            if not events:
-                await self._wakeup.wait()
-                continue
-            for event in events:
-                cursor = event.id
-                if types is None or event.type in types:
-                    yield event
+        self._readers += 1
+        try:
+            while True:
+                missed, events = self.since(cursor)
+                if missed:
+                    yield Event(0, self._clock(), "events.dropped", {"count": missed})
+                if not events:
+                    await self._wakeup.wait()
+                    continue
+                for event in events:
+                    cursor = event.id
+                    if types is None or event.type in types:
+                        yield event
+        finally:
+            self._readers -= 1

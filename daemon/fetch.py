@@ -26,10 +26,17 @@ from typing import Any
 import blake3
 import trio
 
-from dizzy.protocol.errors import CorruptData, DizzyError, NotFound, RemoteProtocolError
+from dizzy.protocol.errors import (
+    CorruptData,
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+)
 from dizzy.protocol.manifest import TreeManifest
 from dizzy.protocol.outboard import Outboard
 
+from .events import EventBus
 from .fsutil import fsync_dir, remove_quietly, storage_error
 from .home import Home
 from .index import Index
@@ -38,6 +45,7 @@ from .outboards import Outboards
 from .peers import PeerGone, PeerLink, PeerManager, RemoteError
 from .progress import ProgressCounter
 from .store import UMASK, ObjectStore, hash_window, start_writeback
+from .transfer_events import TransferReport
 
 log = logging.getLogger("dizzy.fetch")
 
@@ -64,6 +72,9 @@ class _Source:
     link: PeerLink
     bad_chunks: int = 0
     gone: bool = False
+    #: it answered that it cannot serve the object (not a dropped link): waiting for
+    #: it to come back is pointless
+    refused: bool = False
 
     @property
     def name(self) -> str:
@@ -82,6 +93,8 @@ class Transfer:
     landed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     error: DizzyError | None = None
+    #: bytes of the object on disk so far (received now or before a restart)
+    done_bytes: int = 0
 
     def notify(self) -> None:
         self.landed.set()
@@ -90,8 +103,9 @@ class Transfer:
 
 class Fetcher:
     def __init__(self, home: Home, index: Index, store: ObjectStore, outboards: Outboards,
-                 peers: PeerManager) -> None:
+                 peers: PeerManager, *, events: EventBus) -> None:
         self.home = home
+        self.events = events
         self.index = index
         self.store = store
         self.outboards = outboards
@@ -103,34 +117,45 @@ class Fetcher:
 
     async def ensure_local(self, object_id: str, *, wait: bool,
                            progress: ProgressCounter | None = None,
-                           deliver_to: Path | None = None) -> str:
+                           deliver_to: Path | None = None, what: str = "",
+                           folder: str | None = None) -> str:
         """Make ``object_id`` (blob or whole tree) local; returns its kind.
+
+        ``what`` names it in transfer events (the path it is fetched for, or "").
 
         With ``deliver_to`` (a blob fetched for ``get -o``), the finished file is renamed
         straight to that path when it is on the same file system, instead of into the
         store and then copied out: one write of the data instead of two.  The kind is
-        then ``"delivered"``.
+        then ``"delivered"``.  ``folder`` names the shared folder a blob is fetched
+        for: its partial data is then the folder's to resume or drop (see
+        ``drop_folder_partials``).
         """
         progress = progress or ProgressCounter()
         found = await trio.to_thread.run_sync(self.store.sync_lookup, object_id)
         if found is not None:
             if found[0] == "tree":
-                await self._ensure_tree_contents(object_id, wait, progress)
+                await self._ensure_tree_contents(object_id, wait, progress, what)
             return found[0]
         sources, kind, size = await self._find_sources(object_id, wait=wait)
         if kind == "tree":
             await self._fetch_tree_manifest(object_id, sources)
-            await self._ensure_tree_contents(object_id, wait, progress)
+            await self._ensure_tree_contents(object_id, wait, progress, what)
             return "tree"
         if progress.total is None:
             progress.total = size
-        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to)
+        delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to,
+                                                what, folder)
         return "delivered" if delivered else "blob"
 
     async def resume_all(self) -> None:
         """At start-up: continue every transfer a previous run left unfinished, each
-        waiting on its own for a device that has it."""
-        rows = await self.index.execute("SELECT object_id FROM partials")
+        waiting on its own for a device that has it.
+
+        Not those of shared folders: a folder asks again for what it still needs (and
+        resumes from the same partial data), and drops what a newer version replaced;
+        resumed here, a replaced version would be waited for forever.
+        """
+        rows = await self.index.execute("SELECT object_id FROM partials WHERE folder IS NULL")
 
         async def resume(object_id: str) -> None:
             try:
@@ -203,17 +228,18 @@ class Fetcher:
         raise CorruptData(f"no source sent a valid manifest for tree {tree_id}")
 
     async def _ensure_tree_contents(self, tree_id: str, wait: bool,
-                                    progress: ProgressCounter) -> None:
+                                    progress: ProgressCounter, what: str = "") -> None:
         manifest = await trio.to_thread.run_sync(self.store.sync_read_tree, tree_id)
         if progress.total is None:
             progress.total = sum(e.size for e in manifest.entries if e.kind != "link")
         limiter = trio.CapacityLimiter(TREE_PARALLELISM)
         failures: list[DizzyError] = []
 
-        async def one(ref: str, scope: trio.CancelScope) -> None:
+        async def one(ref: str, name: str, scope: trio.CancelScope) -> None:
             async with limiter:
                 try:
-                    await self.ensure_local(ref, wait=wait, progress=progress)
+                    await self.ensure_local(ref, wait=wait, progress=progress,
+                                            what=os.path.join(what, name) if what else "")
                 except DizzyError as exc:
                     failures.append(exc)  # the first failure ends the whole tree
                     scope.cancel()
@@ -221,14 +247,26 @@ class Fetcher:
         async with trio.open_nursery() as nursery:
             for entry in manifest.entries:
                 if entry.kind in ("file", "dir"):
-                    nursery.start_soon(one, entry.ref, nursery.cancel_scope)
+                    nursery.start_soon(one, entry.ref, entry.name, nursery.cancel_scope)
         if failures:
             raise failures[0]
 
     # -- blobs -----------------------------------------------------------------------
 
+    async def drop_folder_partials(self, folder: str) -> int:
+        """Forget the partial transfers started for ``folder`` that no fetch is using
+        now; the folder calls this when it is in sync (nothing it needs is missing)."""
+        rows = await self.index.execute("SELECT object_id FROM partials WHERE folder = ?",
+                                        (folder,))
+        stale = [oid for (oid,) in rows if oid not in self._active]
+        for object_id in stale:
+            await self.index.call(_drop_partial, object_id)
+            await trio.to_thread.run_sync(remove_quietly, self.home.partial / object_id)
+        return len(stale)
+
     async def _fetch_blob_once(self, object_id: str, sources: list[_Source], wait: bool,
-                               progress: ProgressCounter, deliver_to: Path | None) -> bool:
+                               progress: ProgressCounter, deliver_to: Path | None,
+                               what: str, folder: str | None = None) -> bool:
         # Two `get`s of one object share one transfer.
         while (active := self._active.get(object_id)) is not None:
             await active.wait()
@@ -237,13 +275,14 @@ class Fetcher:
         done = trio.Event()
         self._active[object_id] = done
         try:
-            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to)
+            return await self._fetch_blob(object_id, sources, wait, progress, deliver_to,
+                                          what, folder)
         finally:
             del self._active[object_id]
             done.set()
 
-    async def _load_or_start(self, object_id: str, sources: list[_Source]) -> tuple[Outboard,
-                                                                                 set[int]]:
+    async def _load_or_start(self, object_id: str, sources: list[_Source],
+                             folder: str | None) -> tuple[Outboard, set[int]]:
         row = await self.index.call(_load_partial, object_id)
         if row is not None:
             outboard = Outboard.decode(row[0], expected_object_id=object_id)
@@ -265,16 +304,19 @@ class Fetcher:
                 if not isinstance(data, bytes):
                     raise RemoteProtocolError("outboard reply without data")
                 outboard = Outboard.decode(data, expected_object_id=object_id)
-                await self.index.call(_start_partial, object_id, outboard.size, data)
-                return outboard, set()
             except (DizzyError, RemoteProtocolError) as exc:
                 log.warning("peer %s: no usable outboard for %s: %s", source.name, object_id, exc)
                 last = exc
+                continue
+            # outside the try: our own index failing (a full disk) is not the peer's fault
+            await self.index.call(_start_partial, object_id, outboard.size, data, folder)
+            return outboard, set()
         raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
 
     async def _fetch_blob(self, object_id: str, sources: list[_Source], wait: bool,
-                          progress: ProgressCounter, deliver_to: Path | None) -> bool:
-        outboard, received = await self._load_or_start(object_id, sources)
+                          progress: ProgressCounter, deliver_to: Path | None,
+                          what: str, folder: str | None) -> bool:
+        outboard, received = await self._load_or_start(object_id, sources, folder)
         path = self.home.partial / object_id
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -285,56 +327,58 @@ class Fetcher:
         progress.total = outboard.size
         already = sum(outboard.chunks[i].length for i in received)
         progress.done += already
+        transfer.done_bytes = already
         if received:
             log.info("resuming %s: %d of %d chunks already here", object_id, len(received),
                      len(outboard.chunks))
-        started = time.monotonic()
+        report = TransferReport(self.events, object_id, outboard.size, already=already)
+        report.start([str(s.link.device_id) for s in sources], what)
         try:
-            if os.fstat(fd).st_size != outboard.size:
-                await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
-            await self._fill(transfer, sources, wait, progress)
-            delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
-        except OSError as exc:
-            raise storage_error(exc, f"writing {object_id} (partial data kept for a resume)"
-                                ) from exc
+            try:
+                if os.fstat(fd).st_size != outboard.size:
+                    await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
+                await self._fill(transfer, sources, wait, progress, report)
+                delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
+            except OSError as exc:
+                raise storage_error(exc, f"writing {object_id} (partial data kept for a "
+                                    "resume)") from exc
         except BaseException as exc:
             transfer.error = exc if isinstance(exc, DizzyError) else DizzyError(str(exc))
+            report.failed(exc)
             raise
         finally:
             os.close(fd)
             del self.transfers[object_id]
             transfer.done.set()
             transfer.notify()
-        elapsed = time.monotonic() - started
-        fetched = outboard.size - already
-        log.info("fetched %s: %d bytes in %.2f s, %.0f MB/s (%d bytes were already here)",
-                 object_id, fetched, elapsed, fetched / max(elapsed, 1e-6) / 1e6, already)
+        report.finished()  # logs "fetched ID: N bytes in S s, R MB/s"
         return delivered
 
     async def _fill(self, transfer: Transfer, sources: list[_Source], wait: bool,
-                    progress: ProgressCounter) -> None:
+                    progress: ProgressCounter, report: TransferReport) -> None:
         outboard = transfer.outboard
         missing = collections.deque(i for i in range(len(outboard.chunks))
                                     if i not in transfer.received)
         refused: dict[int, set[int]] = {}  # chunk -> ids of sources that sent it wrong
         recorder = _DurableRecorder(self.index, transfer)
-        disk_errors: list[OSError] = []
+        disk_errors: list[OSError | StorageError] = []
         try:
             async with open_helper_nursery() as background:
                 background.start_soon(recorder.run, disk_errors, background.cancel_scope)
                 await self._fill_loop(transfer, sources, wait, progress, missing, refused,
-                                      recorder, disk_errors)
+                                      recorder, disk_errors, report)
                 background.cancel_scope.cancel()
             if disk_errors:
                 raise disk_errors[0]
         finally:
-            with trio.CancelScope(shield=True), contextlib.suppress(OSError):
+            with trio.CancelScope(shield=True), contextlib.suppress(OSError, StorageError):
                 await recorder.flush()
 
     async def _fill_loop(self, transfer: Transfer, sources: list[_Source], wait: bool,
                          progress: ProgressCounter, missing: collections.deque[int],
                          refused: dict[int, set[int]], recorder: _DurableRecorder,
-                         disk_errors: list[OSError]) -> None:
+                         disk_errors: list[OSError | StorageError],
+                         report: TransferReport) -> None:
         while missing and not disk_errors:
             live = [s for s in sources if not s.gone and s.bad_chunks < MAX_BAD_CHUNKS]
             if not live or not any(_can_serve(missing, refused, id(s)) for s in live):
@@ -345,6 +389,12 @@ class Fetcher:
                         raise CorruptData(
                             f"every source sent corrupt data for {transfer.object_id}"
                         )
+                    sources = sources + others
+                elif not wait and all(s.refused for s in sources):
+                    others = await self._other_sources(transfer.object_id, sources)
+                    if not others:
+                        raise NotFound(f"no online device can serve {transfer.object_id} "
+                                       "any more")
                     sources = sources + others
                 else:
                     sources = await self._replacement_sources(
@@ -360,6 +410,8 @@ class Fetcher:
                     try:
                         outcome = await self._one_chunk(transfer, source, index, recorder,
                                                         progress)
+                        if outcome == "ok":
+                            report.landed(transfer.done_bytes)
                     except OSError as exc:  # our disk (full?): stop every worker
                         missing.appendleft(index)
                         disk_errors.append(exc)
@@ -409,7 +461,7 @@ class Fetcher:
         except RemoteError as exc:
             log.warning("peer %s could not serve chunk %d of %s: %s", source.name, index,
                         transfer.object_id, exc)
-            source.gone = True
+            source.gone = source.refused = True
             return "gone"
         except (PeerGone, DizzyError) as exc:
             log.info("peer %s dropped out of fetching %s: %s", source.name,
@@ -422,10 +474,12 @@ class Fetcher:
         )
         if not good:
             source.bad_chunks += 1
-            log.warning("peer %s sent corrupt data for chunk %d of %s (refetching elsewhere)",
-                        source.name, index, transfer.object_id)
+            self.events.publish("error", where="fetch", message=(
+                f"peer {source.name} sent corrupt data for chunk {index} of "
+                f"{transfer.object_id} (refetching elsewhere)"))
             return "bad"
         transfer.received.add(index)
+        transfer.done_bytes += ref.length
         progress.done += ref.length
         transfer.notify()
         recorder.add(index, ref.length)
@@ -526,7 +580,8 @@ class _DurableRecorder:
         self.unrecorded.append((chunk, length))
         self._landed.set()
 
-    async def run(self, errors: list[OSError], scope: trio.CancelScope) -> None:
+    async def run(self, errors: list[OSError | StorageError], scope: trio.CancelScope
+                  ) -> None:
         """The background work; a disk error stops the whole transfer through ``scope``."""
 
         async def rows() -> None:
@@ -546,8 +601,9 @@ class _DurableRecorder:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(rows)
                 nursery.start_soon(syncs)
-        except* OSError as group:
-            errors.extend(e for e in group.exceptions if isinstance(e, OSError))
+        except* (OSError, StorageError) as group:  # the partial file or the index
+            errors.extend(e for e in group.exceptions
+                          if isinstance(e, (OSError, StorageError)))
             scope.cancel()
 
     async def _write_rows(self) -> None:
@@ -615,10 +671,12 @@ def _mark_synced(conn: sqlite3.Connection, object_id: str, chunks: list[int]) ->
                          [(object_id, i) for i in chunks])
 
 
-def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes) -> None:
+def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes,
+                   folder: str | None) -> None:
     with conn:
-        conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started) "
-                     "VALUES (?, ?, ?, ?)", (object_id, size, outboard, time.time()))
+        conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started, "
+                     "folder) VALUES (?, ?, ?, ?, ?)",
+                     (object_id, size, outboard, time.time(), folder))
         conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))
 
 

@@ -37,7 +37,13 @@ from dizzy.protocol.changelog import (
     SignedHead,
     sign_head,
 )
-from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.errors import (
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+    UsageError,
+)
 from dizzy.protocol.folder_state import (
     Adopt,
     Delete,
@@ -54,9 +60,12 @@ from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_relpath
 from dizzy.protocol.versions import VersionVector
 
-from .fsutil import fsync_dir, remove_quietly, temp_name_beside
+from .events import EventBus
+from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
 from .index import Index
+from .object_service import SMALL_OBJECT_MAX
 from .scanner import ScannedFile
+from .small_objects import BATCH_MAX_BYTES, BATCH_MAX_IDS
 
 log = logging.getLogger("dizzy.sync")
 
@@ -65,6 +74,10 @@ log = logging.getLogger("dizzy.sync")
 PARALLEL_TRANSFERS = 32
 #: fetched files renamed into place per file-system sync
 RENAME_BATCH = 500
+#: obj.smalls batches in flight at once: enough to keep both ends busy (one batch
+#: being served while the previous one is written), few enough to bound memory
+#: (each batch holds up to BATCH_MAX_BYTES)
+PARALLEL_BATCHES = 3
 
 
 @dataclass
@@ -80,6 +93,9 @@ class SyncState:
     #: devices that answered for this folder: they share it
     peers: set[bytes] = field(default_factory=set)
     need_bytes: int = 0
+    #: versions a scan took over from the fold without logging a change (see
+    #: ``log_local_changes``), waiting for ``persist_local``; None: forget the path
+    adopted: dict[str, VersionVector | None] = field(default_factory=dict)
     #: set when the merged state changed and the disk may need work
     dirty: trio.Event = field(default_factory=trio.Event)
 
@@ -157,10 +173,21 @@ def forget_folder_logs(conn: sqlite3.Connection, folder: str) -> None:
 def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
                       previous: dict[str, ScannedFile], changed: Iterable[str],
                       removed: Iterable[str]) -> list[LogEntry]:
-    """Append this device's log entries for what a scan found changed or removed."""
+    """Append this device's log entries for what a scan found changed or removed.
+
+    A path that is now exactly what the fold says it should be is no change of ours:
+    an apply put it there and was killed before it recorded that.  Logging it would
+    make a spurious conflict with the next edit from the device that made it.  Such a
+    path takes the fold's version instead (``state.adopted``).
+    """
     entries: list[LogEntry] = []
     for path in sorted(changed):
         f = files[path]
+        winner = state.merged.get(path)
+        if winner is not None and _is_the_winner(f, winner):
+            state.versions[path] = winner.version
+            state.adopted[path] = winner.version
+            continue
         base = state.versions.get(path)
         if base is None:
             # Made here, not fetched: it descends from no other device's content, so
@@ -183,8 +210,16 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
             f.link_target if f.kind == "link" else None, version))
         state.versions[path] = version
     for path in sorted(removed, key=lambda p: -p.count("/")):
+        winner = state.merged.get(path)
+        if winner is not None and winner.deleted:
+            state.versions.pop(path, None)  # an apply deleted it: the fold's deletion
+            state.adopted[path] = None
+            continue
         old = previous.get(path)
         base = state.versions.get(path) or VersionVector()
+        own = state.merged.counter(path, state.me)  # past our own entries, as above
+        if own > base.get(state.me, 0):
+            base = base.merge(VersionVector({state.me: own}))
         version = base.bump(state.me)
         entries.append(state.writer.append(
             path, old.kind if old is not None else "file", True, None, 0,
@@ -196,14 +231,26 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
     return entries
 
 
+def _is_the_winner(f: ScannedFile, winner: LogEntry) -> bool:
+    """Whether the scanned entry is exactly the fold's live entry for its path."""
+    if winner.deleted or f.kind != winner.kind or f.mode != winner.mode:
+        return False
+    if f.kind == "dir":
+        return True
+    if f.kind == "link":
+        return f.link_target == winner.link_target
+    return (f.object_id, f.size, f.mtime_ns) == (winner.object_id, winner.size,
+                                                 winner.mtime_ns)
+
+
 async def persist_local(index: Index, state: SyncState, entries: list[LogEntry]) -> None:
-    if not entries:
-        return
-    head = state.writer.head()
-    versions: dict[str, VersionVector | None] = {e.path: state.versions.get(e.path)
-                                                 for e in entries}
-    await index.call(_save_entries, entries, head)
-    await index.call(_save_versions, state.folder, versions)
+    versions: dict[str, VersionVector | None] = dict(state.adopted)
+    state.adopted.clear()
+    versions.update({e.path: state.versions.get(e.path) for e in entries})
+    if entries:
+        await index.call(_save_entries, entries, state.writer.head())
+    if versions:
+        await index.call(_save_versions, state.folder, versions)
 
 
 # -- serving our logs to peers --------------------------------------------------------
@@ -310,13 +357,19 @@ class Applier:
     """Carries out ``plan``'s actions on one folder's disk."""
 
     def __init__(self, root: Path, state: SyncState, files: dict[str, ScannedFile],
-                 index: Index, obtain: Any) -> None:
+                 index: Index, obtain: Any, events: EventBus,
+                 obtain_small_batch: Any = None) -> None:
         self.root = root
+        self.events = events
         self.state = state
         self.files = files
         self.index = index
-        #: async (object_id, size, temp_path) -> None: puts the content at temp_path
+        #: async (object_id, size, temp_path, sharing, what, folder=) -> None: puts the
+        #: content at temp_path (``what``, the final path, names it in transfer events)
         self.obtain = obtain
+        #: async ([(object_id, temp_path)], sharing) -> set of temp paths written; None
+        #: where every file goes alone
+        self.obtain_small_batch = obtain_small_batch
         self.changed_versions: dict[str, VersionVector | None] = {}
         #: directories whose entries changed: fsynced once at the end of the run (a
         #: crash before that loses a rename, never a file's content)
@@ -330,6 +383,9 @@ class Applier:
         #: conflicts closed here: path -> our entry naming the winner's content
         self._closed: dict[str, LogEntry] = {}
         self._flush_lock = trio.Lock()
+        #: why actions failed for want of disk (full, read-only, denied): the folder
+        #: shows the first as its error until an apply succeeds
+        self.storage_errors: list[str] = []
 
     def local_view(self) -> dict[str, LocalFileInfo]:
         out = {}
@@ -357,25 +413,48 @@ class Applier:
                 await self._one(action)
             except (DizzyError, OSError) as exc:
                 failed += 1
-                log.warning("folder %s: %s %s failed: %s", self.state.folder,
-                            type(action).__name__, action.path, exc)
+                self.events.publish("error", where=f"folder {self.state.folder}",
+                                    message=f"{type(action).__name__} {action.path} failed: "
+                                            f"{exc}")
+                if isinstance(exc, OSError):
+                    exc = storage_error(exc, f"writing {action.path}")
+                if isinstance(exc, StorageError):
+                    self.storage_errors.append(f"{action.path}: {exc}")
+                return  # its bytes are still needed
             if isinstance(action, Fetch):
                 self.state.need_bytes -= action.entry.size
 
         # Conflict copies, directories and deletions in plan order (parents and
         # children matter); files and links, whose parents exist by then, in parallel.
+        # Small files go in batches (one round trip and two thread hops per batch).
         parallel = [a for a in todo if isinstance(a, (Fetch, MakeLink))]
+        batches: list[list[Fetch]] = []
+        if self.obtain_small_batch is not None:
+            small = [a for a in parallel if isinstance(a, Fetch) and a.entry.object_id
+                     and 0 < a.entry.size <= SMALL_OBJECT_MAX]
+            batches = small_batches(small)
+            batched = {id(a) for a in small}
+            parallel = [a for a in parallel if id(a) not in batched]
         for action in todo:
             if isinstance(action, (KeepConflict, MakeDir)):
                 await one(action)
         limiter = trio.CapacityLimiter(PARALLEL_TRANSFERS)
+        batch_limiter = trio.CapacityLimiter(PARALLEL_BATCHES)
 
         async def limited(action: Any) -> None:
             async with limiter:
                 await one(action)
 
+        async def limited_batch(batch: list[Fetch]) -> None:
+            async with batch_limiter:
+                leftovers = await self._fetch_small_batch(batch, one)
+            for action in leftovers:  # alone: other sources, the fetcher, its error
+                await limited(action)
+
         try:
             async with trio.open_nursery() as nursery:
+                for batch in batches:
+                    nursery.start_soon(limited_batch, batch)
                 for action in parallel:
                     nursery.start_soon(limited, action)
         finally:
@@ -450,8 +529,10 @@ class Applier:
                 copy = self._keep_copy(action, path)
                 fsync_dir(path.parent)
                 self.files.pop(action.path, None)
-                log.warning("folder %s: conflict on %s; kept this device's version as %s",
-                            self.state.folder, action.path, copy.name)
+                self.events.publish(
+                    "conflict", folder=self.state.folder, path=action.path,
+                    conflict_path=copy.relative_to(self.root).as_posix(),
+                    device_id=str(DeviceId(action.loser.device)))
                 await self._close_conflict(action)
         elif isinstance(action, MakeDir):
             entry = action.entry
@@ -539,7 +620,8 @@ class Applier:
                 tmp.touch(mode=0o600)
             else:
                 assert entry.object_id is not None
-                await self.obtain(entry.object_id, entry.size, tmp, self.state.peers)
+                await self.obtain(entry.object_id, entry.size, tmp, self.state.peers,
+                                  str(path), folder=self.state.folder)
             await trio.to_thread.run_sync(_finish_file, tmp, entry.mode, entry.mtime_ns)
         except BaseException:
             remove_quietly(tmp)
@@ -549,6 +631,39 @@ class Applier:
         self.ready.append((tmp, path, action))
         if len(self.ready) >= RENAME_BATCH:
             await self._flush()
+
+    async def _fetch_small_batch(self, batch: list[Fetch], one: Any) -> list[Fetch]:
+        """Fetch small files together; returns the actions left to do one by one."""
+        prepared: list[tuple[Fetch, Path, Path]] = []  # (action, temp, final)
+        for action in batch:
+            try:
+                path = self._target(action.path)
+                if not self._unchanged(action.path, path):
+                    raise UsageError(f"{action.path} changed here while syncing; "
+                                     "rescanning first")
+            except (DizzyError, OSError):
+                await one(action)  # counts and logs the failure like any other
+                continue
+            prepared.append((action, temp_name_beside(path), path))
+        queued: set[Path] = set()
+        try:
+            written = await self.obtain_small_batch(
+                [(a.entry.object_id, tmp) for a, tmp, _ in prepared], self.state.peers)
+            done = [(a, tmp, path) for a, tmp, path in prepared if tmp in written]
+            finished = await trio.to_thread.run_sync(
+                _finish_files, [(tmp, a.entry.mode, a.entry.mtime_ns) for a, tmp, _ in done])
+            for action, tmp, path in done:
+                if tmp in finished:
+                    self.ready.append((tmp, path, action))
+                    queued.add(tmp)
+                    self.state.need_bytes -= action.entry.size
+        finally:
+            for _action, tmp, _path in prepared:
+                if tmp not in queued:
+                    remove_quietly(tmp)
+        if len(self.ready) >= RENAME_BATCH:
+            await self._flush()
+        return [a for a, tmp, _ in prepared if tmp not in queued]
 
     async def _flush(self) -> None:
         """Make every finished temp file durable at once, then rename each into place."""
@@ -581,6 +696,35 @@ class Applier:
 def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:
     os.chmod(path, mode)
     os.utime(path, ns=(mtime_ns, mtime_ns))
+
+
+def small_batches(actions: list[Fetch]) -> list[list[Fetch]]:
+    """Split small-file fetches into obj.smalls-sized batches, in plan order."""
+    batches: list[list[Fetch]] = []
+    current: list[Fetch] = []
+    size = 0
+    for action in actions:
+        if current and (len(current) >= BATCH_MAX_IDS
+                        or size + action.entry.size > BATCH_MAX_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(action)
+        size += action.entry.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _finish_files(items: list[tuple[Path, int, int]]) -> set[Path]:
+    """Mode and mtime for each temp file; returns those done (the rest go alone)."""
+    done: set[Path] = set()
+    for path, mode, mtime_ns in items:
+        try:
+            _finish_file(path, mode, mtime_ns)
+        except OSError:
+            continue
+        done.add(path)
+    return done
 
 
 def _load_syncfs() -> Any:

@@ -11,6 +11,7 @@ never taken as "everything was deleted".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import re
@@ -25,11 +26,18 @@ import blake3
 import trio
 import watchfiles
 
-from dizzy.protocol.errors import DizzyError, NotFound, RemoteProtocolError, UsageError
+from dizzy.protocol.errors import (
+    DizzyError,
+    NotFound,
+    RemoteProtocolError,
+    StorageError,
+    UsageError,
+)
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.paths import validate_name
 from dizzy.protocol.peer_wire import Notice, Request
 
+from .events import EventBus
 from .fetch import Fetcher
 from .folder_sync import (
     Applier,
@@ -41,12 +49,15 @@ from .folder_sync import (
     persist_local,
     pull,
 )
+from .fsutil import storage_error
 from .identity import Identity, public_key_of_cert
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX, locate_content
+from .outboards import save_many as save_outboards
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
+from .small_objects import obtain_batch, write_new
 from .store import ObjectStore
 from .trust import TrustStore
 
@@ -80,6 +91,14 @@ class FolderRunner:
     lock: trio.Lock = field(default_factory=trio.Lock)
     pull_lock: trio.Lock = field(default_factory=trio.Lock)
     failures: int = 0
+    #: the (state, error) subscribers last heard of: repeats are not news
+    published: tuple[str, str | None] | None = None
+    #: the last apply could not write for want of disk (full, read-only): shown as the
+    #: folder's error until an apply succeeds
+    apply_error: str | None = None
+    #: paths whose bytes were found not to match their recorded ID: the next scan
+    #: hashes them whatever their stat says
+    rehash: set[str] = field(default_factory=set)
 
     @property
     def file_count(self) -> int:
@@ -88,6 +107,17 @@ class FolderRunner:
     @property
     def byte_count(self) -> int:
         return sum(f.size for f in self.files.values() if f.kind == "file")
+
+    def set_state(self, state: str, error: str | None = None, *, publish: bool = True) -> None:
+        self.state, self.error = state, error
+        if publish and (state, error) != self.published:
+            previous = self.published[0] if self.published else None
+            self.published = (state, error)
+            self.manager.events.publish("folder.state", folder=self.name, state=state,
+                                        error=error, previous=previous)
+
+    def report_error(self, message: str) -> None:
+        self.manager.events.publish("error", where=f"folder {self.name}", message=message)
 
     async def run(self) -> None:
         with self.cancel_scope:
@@ -108,25 +138,43 @@ class FolderRunner:
                 nursery.start_soon(self.manager.announce, self.name)
                 for link in list(self.manager.links()):
                     nursery.start_soon(self.manager.pull_folder, link, self)
+                quiet = False
                 while True:
-                    await self.scan_once()
-                    with trio.move_on_after(RESCAN_INTERVAL):
+                    await self.scan_once(quiet=quiet)
+                    with trio.move_on_after(RESCAN_INTERVAL) as timer:
                         await self.wake.wait()
                     self.wake = trio.Event()
+                    # A periodic rescan that finds nothing is no news: its scanning/idle
+                    # flip every 10 s would drown the events worth seeing.
+                    quiet = timer.cancelled_caught
 
     async def _watch(self) -> None:
         """Rescan soon after the file system says something changed (inotify through
         watchfiles); the periodic rescan covers whatever a watch misses."""
-        while True:
+        # watchfiles waits in a thread that only a stop event ends early (it listens
+        # for asyncio's cancellation, not trio's): without this, every shared folder
+        # held up the daemon's shutdown by watchfiles' 5 s timeout.
+        stop = trio.Event()  # its is_set() is a plain flag read: fine from that thread
+
+        async def stop_on_cancel() -> None:
             try:
-                async for _changes in watchfiles.awatch(
-                    self.path, debounce=WATCH_DEBOUNCE_MS, step=50, recursive=True,
-                    watch_filter=_not_our_temp_file, ignore_permission_denied=True,
-                ):
-                    self.wake.set()
-            except Exception as exc:  # the folder vanished, too many watches...
-                log.debug("watching %s stopped: %s", self.path, exc)
-            await trio.sleep(RESCAN_INTERVAL)
+                await trio.sleep_forever()
+            finally:
+                stop.set()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_on_cancel)
+            while True:
+                try:
+                    async for _changes in watchfiles.awatch(
+                        self.path, debounce=WATCH_DEBOUNCE_MS, step=50, recursive=True,
+                        watch_filter=_not_our_temp_file, ignore_permission_denied=True,
+                        stop_event=stop,
+                    ):
+                        self.wake.set()
+                except Exception as exc:  # the folder vanished, too many watches...
+                    log.debug("watching %s stopped: %s", self.path, exc)
+                await trio.sleep(RESCAN_INTERVAL)
 
     async def _apply_loop(self) -> None:
         assert self.sync is not None
@@ -139,16 +187,21 @@ class FolderRunner:
                 # Only our own log: the fold is what the disk already holds.
                 continue
             async with self.lock:
-                self.state = "syncing"
+                self.set_state("syncing")
                 applier = Applier(self.path, self.sync, self.files, self.index,
-                                  self.manager.obtain)
+                                  self.manager.obtain, self.manager.events,
+                                  self.manager.obtain_small_batch)
                 before = dict(self.files)
                 failed = 0
                 try:
                     failed = await applier.run(self.mode == "receive-only")
                 except (DizzyError, OSError) as exc:
-                    log.warning("folder %s: applying changes failed: %s", self.name, exc)
+                    self.report_error(f"applying changes failed: {exc}")
                     failed = 1
+                    if isinstance(exc, OSError):
+                        exc = storage_error(exc, f"syncing folder {self.name}")
+                    if isinstance(exc, StorageError):
+                        applier.storage_errors.append(str(exc))
                 finally:
                     if failed:
                         # A directory renamed here mid-fetch takes our temp file with
@@ -157,8 +210,21 @@ class FolderRunner:
                         await trio.to_thread.run_sync(_remove_stale_temps, self.path)
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
-                    await self.index.call(_save_files, self.name, self.files, touched, gone)
-                    self.state = "idle"
+                    try:
+                        await self.index.call(_save_files, self.name, self.files, touched,
+                                              gone)
+                    except StorageError as exc:  # the disk is right; the next run saves
+                        applier.storage_errors.append(str(exc))
+                    self.set_state("idle")
+            if applier.storage_errors:
+                failed = max(failed, 1)
+                error = (f"{len(applier.storage_errors)} change(s) not written: "
+                         f"{applier.storage_errors[0]}")
+                if self.apply_error is None:  # once, not at every retry
+                    self.report_error(error)
+                self.apply_error = error
+            elif not failed:
+                self.apply_error = None
             if applier.logged:
                 await self.manager.announce(self.name)  # conflicts we closed
             if failed:
@@ -170,29 +236,52 @@ class FolderRunner:
                 self.sync.dirty.set()
             else:
                 self.failures = 0
+                # In sync: partial data of versions that were replaced before they
+                # arrived (or of a transfer a kill cut off) will never be needed.
+                dropped = await self.manager.fetcher.drop_folder_partials(self.name)
+                if dropped:
+                    log.info("folder %s: dropped %d unfinished transfer(s) of replaced "
+                             "versions", self.name, dropped)
 
-    async def scan_once(self) -> None:
+    async def scan_once(self, *, quiet: bool = False) -> None:
+        """Rescan; ``quiet``: announce the scanning state only if the scan finds news."""
         # Scans and applies take strict turns: a scan running beside an apply would
         # take the files it is writing for local edits.
         async with self.lock:
-            previous_error = self.error
-            self.state = "scanning"
+            # A paused folder's retries are no news until they succeed.
+            self.set_state("scanning", publish=not quiet and self.state != "error")
+            started = time.monotonic()
+            for path in self.rehash & self.files.keys():
+                # inode 0 never matches a stat: the scanner hashes the file again
+                self.files[path] = dataclasses.replace(self.files[path], inode=0)
+            self.rehash.clear()
             try:
                 result = await trio.to_thread.run_sync(scan, self.path, self.files)
             except FolderMissing as exc:
                 # An unmounted disk must never look like "everything was deleted".
-                if previous_error != exc.message:
-                    log.warning("folder %s paused: %s", self.name, exc.message)
-                self.state, self.error = "error", exc.message
+                self.set_state("error", exc.message)  # logged and shown once per error
                 return
             except OSError as exc:
-                self.state, self.error = "error", f"cannot scan {self.path}: {exc.strerror}"
-                if previous_error != self.error:
-                    log.warning("folder %s: %s", self.name, self.error)
+                self.set_state("error", f"cannot scan {self.path}: {exc.strerror}")
                 return
-            await self._record_scan(result)
+            try:
+                await self._record_scan(result, time.monotonic() - started)
+            except StorageError as exc:
+                # The index is full: what this scan logged in memory was not saved.  Back
+                # to what the index holds, so our log never skips a sequence number; the
+                # next scan after space is freed finds the same changes again.
+                await self._reload_sync_state()
+                self.set_state("error", f"cannot record the scan: {exc}")
 
-    async def _record_scan(self, result: Any) -> None:
+    async def _reload_sync_state(self) -> None:
+        old = self.sync
+        assert old is not None
+        fresh = await self.index.call(load_state, self.name, self.manager.me,
+                                      self.manager.key, self.manager.public_keys())
+        fresh.peers, fresh.dirty = old.peers, old.dirty
+        self.sync = fresh
+
+    async def _record_scan(self, result: Any, seconds: float) -> None:
         assert self.sync is not None
         changed = [*result.added, *result.changed]
         if (changed or result.removed) and self.mode != "receive-only":
@@ -200,17 +289,23 @@ class FolderRunner:
             entries = log_local_changes(self.sync, result.files, self.files, changed,
                                         result.removed)
             await persist_local(self.index, self.sync, entries)
-            await self.manager.announce(self.name)
+            if entries:
+                await self.manager.announce(self.name)
+        if result.outboards:
+            await self.index.call(save_outboards, result.outboards)
         saved = [*changed, *result.refreshed]
         if saved or result.removed or self.last_scan is None:
             await self.index.call(_save_files, self.name, result.files, saved, result.removed)
-            if self.last_scan is not None:
-                log.info("folder %s: %d added, %d changed, %d removed", self.name,
-                         len(result.added), len(result.changed), len(result.removed))
         first = self.last_scan is None
         self.files = dict(result.files)
         self.last_scan = time.time()
-        self.state, self.error = "idle", None
+        if first or changed or result.removed:
+            self.manager.events.publish(
+                "folder.scanned", folder=self.name, files=self.file_count,
+                bytes=self.byte_count, changed=len(changed) + len(result.removed),
+                added=len(result.added), modified=len(result.changed),
+                removed=len(result.removed), seconds=round(seconds, 3))
+        self.set_state("idle")
         if first or changed or result.removed:
             self.sync.dirty.set()
 
@@ -219,12 +314,13 @@ class FolderRunner:
             "name": self.name,
             "path": str(self.path),
             "mode": self.mode,
-            "state": self.state,
-            "error": self.error,
+            # a scan error (the folder is gone) first, then one from writing to it
+            "state": "error" if self.apply_error and self.state == "idle" else self.state,
+            "error": self.error or self.apply_error,
             "files": self.file_count,
             "bytes": self.byte_count,
             "need_bytes": self.sync.need_bytes if self.sync else 0,
-            "in_sync": self.state == "idle" and self.failures == 0
+            "in_sync": self.state == "idle" and self.failures == 0 and not self.apply_error
             and (self.sync is None or self.sync.need_bytes == 0),
             "last_scan": self.last_scan,
             "peers": sorted(str(DeviceId(d)) for d in (self.sync.peers if self.sync else ())),
@@ -233,8 +329,10 @@ class FolderRunner:
 
 class FolderManager:
     def __init__(self, index: Index, home_root: Path, identity: Identity, trust: TrustStore,
-                 peers: PeerManager, store: ObjectStore, fetcher: Fetcher) -> None:
+                 peers: PeerManager, store: ObjectStore, fetcher: Fetcher, *,
+                 events: EventBus) -> None:
         self.index = index
+        self.events = events
         self.home_root = home_root
         self.identity = identity
         self.me = identity.device_id.digest
@@ -271,8 +369,7 @@ class FolderManager:
             try:
                 await pull(link, runner.sync, self.index, self.public_keys())
             except (DizzyError, RemoteProtocolError) as exc:
-                log.warning("folder %s: refused the log from %s: %s", runner.name,
-                            link.device_id.short, exc)
+                runner.report_error(f"refused the log from {link.device_id.short}: {exc}")
 
     async def _on_link_up(self, link: PeerLink) -> None:
         try:
@@ -334,17 +431,26 @@ class FolderManager:
                 continue
             data = reply.get("data")
             if not isinstance(data, bytes) or blake3.blake3(data).hexdigest() != object_id:
-                log.warning("peer %s sent corrupt data for %s", link.device_id.short,
-                            object_id)
+                self.events.publish("error", where="folder sync", message=(
+                    f"peer {link.device_id.short} sent corrupt data for {object_id}"))
                 continue
-            await trio.to_thread.run_sync(_write_new, dest, data)
+            await trio.to_thread.run_sync(write_new, dest, data)
             return True
         return False
 
+    async def obtain_small_batch(self, items: list[tuple[str, Path]], sharing: set[bytes]
+                                 ) -> set[Path]:
+        """Many small objects, each to its own dest, in one round trip per batch (peers
+        sharing the folder asked first); returns the dests written."""
+        links = sorted(self.links(), key=lambda link: link.device_id.digest not in sharing)
+        return await obtain_batch(self.store, self.sync_find_object, links, items)
+
     async def obtain(self, object_id: str, size: int, dest: Path,
-                     sharing: set[bytes] | None = None) -> None:
+                     sharing: set[bytes] | None = None, what: str = "",
+                     folder: str | None = None) -> None:
         """Put ``object_id``'s bytes at ``dest``: from a local copy if there is one
-        (renames and duplicates cost no transfer), else from peers."""
+        (renames and duplicates cost no transfer), else from peers.  ``what`` names
+        the file in transfer events."""
         source = await trio.to_thread.run_sync(
             locate_content, self.store, self.sync_find_object, object_id
         )
@@ -360,7 +466,7 @@ class FolderManager:
                                                                  sharing or set()):
             return
         kind = await self.fetcher.ensure_local(object_id, wait=False, progress=counter,
-                                               deliver_to=dest)
+                                               deliver_to=dest, what=what, folder=folder)
         if kind != "delivered":
             await trio.to_thread.run_sync(self.store.sync_export, object_id, dest, counter,
                                           CancelFlag())
@@ -411,7 +517,7 @@ class FolderManager:
         )
         runner = FolderRunner(name, real, mode, self.index, self)
         self._start(runner)
-        log.info("sharing folder %s at %s (%s)", name, real, mode)
+        self.events.publish("folder.shared", folder=name, path=str(real), mode=mode)
         return runner.describe()
 
     async def unshare(self, name: str) -> None:
@@ -420,7 +526,8 @@ class FolderManager:
             raise NotFound(f"no shared folder named {name!r}")
         runner.cancel_scope.cancel()
         await self.index.call(_forget_folder, name)
-        log.info("stopped sharing folder %s (its files are untouched)", name)
+        self.events.publish("folder.unshared", folder=name, path=str(runner.path))
+        await self.fetcher.drop_folder_partials(name)
 
     def describe(self) -> list[dict[str, Any]]:
         out = [r.describe() for _, r in sorted(self.runners.items())]
@@ -437,6 +544,21 @@ class FolderManager:
     def rescan(self, name: str | None = None) -> None:
         for runner in self.runners.values():
             if name is None or runner.name == name:
+                runner.wake.set()
+
+    async def rehash_object(self, object_id: str) -> None:
+        """Shared files recorded as ``object_id`` hold other bytes now, although their
+        size, mtime and inode did not change: have the next scan hash them again (and
+        stop serving them under that ID meanwhile)."""
+        await self.index.call(_forget_inode_of_object, object_id)
+        for runner in self.runners.values():
+            stale = [p for p, f in runner.files.items()
+                     if f.object_id == object_id and p not in runner.rehash]
+            for path in stale:
+                runner.rehash.add(path)
+                log.warning("folder %s: %s changed on disk since it was scanned (it no "
+                            "longer holds %s); rehashing it", runner.name, path, object_id)
+            if stale:
                 runner.wake.set()
 
     def sync_find_object(self, object_id: str) -> tuple[Path, int] | None:
@@ -477,16 +599,6 @@ def _not_our_temp_file(change: Any, path: str) -> bool:
     return not (name.startswith(".") and ".dizzy-" in name and name.endswith(".tmp"))
 
 
-def _write_new(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    finally:
-        os.close(fd)
-
-
 def _load_files(conn: sqlite3.Connection, folder: str) -> dict[str, ScannedFile]:
     out: dict[str, ScannedFile] = {}
     for row in conn.execute(
@@ -517,6 +629,11 @@ def _forget_folder(conn: sqlite3.Connection, folder: str) -> None:
     with conn:
         conn.execute("DELETE FROM folder_files WHERE folder = ?", (folder,))
         conn.execute("DELETE FROM folders WHERE name = ?", (folder,))
+
+
+def _forget_inode_of_object(conn: sqlite3.Connection, object_id: str) -> None:
+    with conn:
+        conn.execute("UPDATE folder_files SET inode = 0 WHERE object_id = ?", (object_id,))
 
 
 def _files_with_object(conn: sqlite3.Connection, object_id: str

@@ -22,6 +22,11 @@ def resolve_home(explicit: str | os.PathLike[str] | None = None) -> Path:
     env = os.environ.get(ENV_HOME)
     if env:
         return Path(env).expanduser().absolute()
+    return default_home()
+
+
+def default_home() -> Path:
+    """The home used when neither ``--home`` nor ``$DIZZY_HOME`` names one."""
     return Path(platformdirs.user_data_dir("dizzy", appauthor=False))
 
 
@@ -59,11 +64,15 @@ class Home:
     def partial(self) -> Path:
         return self.root / "partial"
 
+    @property
+    def log_file(self) -> Path:
+        return self.root / "log" / "dizzy.log"
+
     def create(self) -> None:
         try:
             # 0700: the control socket and the device key live here.
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            for sub in (self.objects, self.tmp, self.partial):
+            for sub in (self.objects, self.tmp, self.partial, self.log_file.parent):
                 sub.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create dizzy home {self.root}: {exc.strerror}") from exc

@@ -15,9 +15,14 @@ from typing import Any, TypeVar
 
 import trio
 
+from dizzy.protocol.errors import StorageError
+
 from . import schema
 
 T = TypeVar("T")
+
+#: sqlite3's result code for "database or disk is full"
+_SQLITE_FULL = 13
 
 
 class Index:
@@ -46,7 +51,15 @@ class Index:
 
     def call_sync(self, fn: Callable[..., T], *args: Any) -> T:
         with self._lock:
-            return fn(self._conn, *args)
+            try:
+                return fn(self._conn, *args)
+            except sqlite3.OperationalError as exc:
+                # A full disk is the user's to fix, not a crash: callers handle
+                # StorageError like any other "cannot write" (the write rolled back).
+                if getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL:
+                    raise StorageError(f"no space left on device for the index "
+                                       f"{self.path}") from exc
+                raise
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await trio.to_thread.run_sync(

@@ -4,10 +4,11 @@ and chunks, read from the object store."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+import blake3
 import trio
 
 from dizzy.protocol.chunking import CHUNK_MIN
@@ -28,8 +29,22 @@ def _object_id(request: Request) -> str:
 
 
 def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
-             locate: Callable[[str], tuple[Path, int] | None] | None = None) -> None:
-    """``locate`` finds objects outside the store: files in shared folders, in place."""
+             locate: Callable[[str], tuple[Path, int] | None] | None = None,
+             stale: Callable[[str], Awaitable[None]] | None = None) -> None:
+    """``locate`` finds objects outside the store: files in shared folders, in place.
+
+    Bytes read from a shared file are checked against the chunk list before they are
+    sent: a file can change without its size, mtime or inode changing (a tool that
+    restores mtimes, bit rot), and the stat check before serving cannot see that.
+    ``stale(object_id)`` is then told, so the folder rehashes the file instead of
+    serving bytes that do not match their ID again and again.
+    """
+
+    async def refuse_stale(object_id: str) -> NoReturn:
+        if stale is not None:
+            await stale(object_id)
+        raise NotFound(f"object {object_id[:16]}... changed on disk here since it was "
+                       "scanned; rescanning")
 
     def source_path(object_id: str) -> Path:
         path = locate_content(store, locate, object_id)
@@ -49,7 +64,16 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
         return {"have": True, "kind": found[0], "size": found[1]}
 
     async def outboard(link: PeerLink, request: Request) -> dict[str, Any]:
-        ob = await outboards.get(_object_id(request))
+        object_id = _object_id(request)
+        try:
+            ob = await outboards.get(object_id)
+        except NotFound:
+            # chunking a shared file found other bytes than its scan did
+            in_folder = None if locate is None else await trio.to_thread.run_sync(
+                locate, object_id)
+            if in_folder is not None:
+                await refuse_stale(object_id)
+            raise
         return {"data": ob.encode()}
 
     async def tree(link: PeerLink, request: Request) -> dict[str, Any]:
@@ -67,7 +91,11 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
             raise UsageError(f"chunk {index} is outside object {object_id[:16]}...")
         ref = ob.chunks[index]
         path = await trio.to_thread.run_sync(source_path, object_id)
-        data = await trio.to_thread.run_sync(_pread, path, ref.offset, ref.length)
+        # the store's own files are checked by the receiver alone (one hash per chunk)
+        check = None if path == store.object_path(object_id) else ref.hash
+        data = await trio.to_thread.run_sync(_pread, path, ref.offset, ref.length, check)
+        if data is None:
+            await refuse_stale(object_id)
         if len(data) != ref.length:
             raise NotFound(f"object {object_id[:16]}... is shorter than its outboard")
         return {"data": data}
@@ -77,6 +105,9 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
         object_id = _object_id(request)
         path = await trio.to_thread.run_sync(source_path, object_id)
         data = await trio.to_thread.run_sync(_read_small, path)
+        if path != store.object_path(object_id) and \
+                await trio.to_thread.run_sync(_blake3_hex, data) != object_id:
+            await refuse_stale(object_id)
         return {"data": data}
 
     peers.handlers["obj.small"] = small
@@ -115,12 +146,22 @@ def _read_small(path: os.PathLike[str]) -> bytes:
     return data
 
 
-def _pread(path: os.PathLike[str], offset: int, length: int) -> bytes:
+def _pread(path: os.PathLike[str], offset: int, length: int,
+           expected: bytes | None = None) -> bytes | None:
+    """The bytes at ``offset``; None when ``expected`` is given and they do not hash to it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         raise NotFound("object is no longer stored here") from None
     try:
-        return os.pread(fd, length, offset)
+        data = os.pread(fd, length, offset)
     finally:
         os.close(fd)
+    if expected is not None and len(data) == length and \
+            blake3.blake3(data).digest() != expected:
+        return None
+    return data
+
+
+def _blake3_hex(data: bytes) -> str:
+    return blake3.blake3(data).hexdigest()

@@ -115,3 +115,13 @@ def _save(conn: sqlite3.Connection, object_id: str, data: bytes) -> None:
         conn.execute(
             "INSERT OR REPLACE INTO outboards (object_id, data) VALUES (?, ?)", (object_id, data)
         )
+
+
+def save_many(conn: sqlite3.Connection, outboards: dict[str, bytes]) -> None:
+    """Record outboards a folder scan computed while hashing (content-addressed, so an
+    existing row is the same outboard)."""
+    with conn:
+        conn.executemany(
+            "INSERT OR IGNORE INTO outboards (object_id, data) VALUES (?, ?)",
+            list(outboards.items()),
+        )

@@ -37,6 +37,7 @@ from dizzy.protocol.pairing import (
 from dizzy.protocol.pairing_code import RANDOM_BYTES, NameplateRegistry, PairingCode, generate
 from dizzy.protocol.peer_wire import PreambleKind, encode_preamble
 
+from .events import EventBus
 from .identity import Identity
 from .peers import PeerManager
 from .trust import TrustStore
@@ -87,8 +88,9 @@ class _FramedStream:
 
 class PairingService:
     def __init__(self, identity: Identity, name: str, trust: TrustStore, peers: PeerManager,
-                 listen_port: int) -> None:
+                 listen_port: int, *, events: EventBus) -> None:
         self.identity = identity
+        self.events = events
         self.name = name
         self.trust = trust
         self.peers = peers
@@ -103,7 +105,11 @@ class PairingService:
     async def _trust(self, result: PairingResult, address: str | None) -> None:
         await self.trust.add(result.peer_device_id, result.peer_name, result.peer_cert_pem,
                              address)
-        log.info("paired with %s (%s)", result.peer_device_id, result.peer_name)
+        self.events.publish("peer.paired", device_id=str(result.peer_device_id),
+                            name=result.peer_name)
+
+    def _failed(self, reason: object, *, logged: bool = False) -> None:
+        self.events.publish("pairing.failed", already_logged=logged, reason=str(reason))
 
     # -- inviting -------------------------------------------------------------------
 
@@ -117,7 +123,9 @@ class PairingService:
             if self.discovery is not None:
                 await self.discovery.set_nameplate(nameplate)
             await on_code(str(code))
-            log.info("pairing invitation %d open for %.0f s", nameplate, timeout)
+            # Never the words: anyone reading events or logs could pair with them.
+            self.events.publish("pairing.started", nameplate=nameplate,
+                                expires=invite.expires_at)
             with trio.move_on_after(timeout):
                 await invite.done.wait()
         finally:
@@ -131,8 +139,10 @@ class PairingService:
         if invite.result is not None:
             return invite.result
         if invite.error is not None:
-            raise invite.error
-        raise CodeExpired(f"no device joined within {timeout:g} s; the code has expired")
+            raise invite.error  # pairing.failed was published where it failed
+        expired = CodeExpired(f"no device joined within {timeout:g} s; the code has expired")
+        self._failed(expired)
+        raise expired
 
     async def handle_incoming(self, stream: trio.abc.Stream, where: str) -> None:
         """A joiner connected to our listen port with the PAIR preamble."""
@@ -141,6 +151,7 @@ class PairingService:
             await self._run_inviter(framed, where)
         if scope.cancelled_caught:
             log.warning("pairing attempt from %s timed out", where)
+            self._failed(f"the attempt from {where} timed out", logged=True)
 
     async def _run_inviter(self, framed: _FramedStream, where: str) -> None:
         first = await framed.receive()
@@ -152,6 +163,7 @@ class PairingService:
                 raise CodeExpired(f"pairing code {nameplate}-... has expired")
         except PairingError as exc:
             log.warning("pairing attempt from %s refused: %s", where, exc)
+            self._failed(f"attempt from {where}: {exc}", logged=True)
             await framed.send([error_message(exc)])
             return
         inviter = Inviter(invite.code, invite.expires_at, self._local(), os.urandom)
@@ -183,15 +195,25 @@ class PairingService:
         elif inviter.code_spent:
             assert failure is not None
             log.warning("pairing with %s failed: %s (code burned)", where, failure)
+            self._failed(f"{failure} (code burned)", logged=True)
             invite.error = failure
             invite.done.set()
         else:
             log.warning("pairing attempt from %s failed: %s", where, failure)
+            self._failed(f"attempt from {where}: {failure}", logged=True)
 
     # -- joining --------------------------------------------------------------------
 
     async def join(self, code: PairingCode, address: tuple[str, int] | None,
                    timeout: float) -> PairingResult:
+        try:
+            return await self._join(code, address, timeout)
+        except DizzyError as exc:
+            self._failed(exc)
+            raise
+
+    async def _join(self, code: PairingCode, address: tuple[str, int] | None,
+                    timeout: float) -> PairingResult:
         try:
             with trio.fail_after(timeout):
                 if address is None:

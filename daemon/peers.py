@@ -18,16 +18,18 @@ from typing import Any
 
 import trio
 
-from dizzy.protocol.errors import DizzyError, ProtocolError
+from dizzy.protocol.errors import DizzyError, ProtocolError, TimedOut
 from dizzy.protocol.ids import DeviceId
 from dizzy.protocol.peer_wire import (
     ErrorResponse,
     Notice,
+    PeerRefused,
     Request,
     Response,
     choose_connection,
 )
 
+from .events import EventBus
 from .identity import Identity
 from .transport import PeerConnection, accept_peer, dial_peer
 from .trust import TrustStore
@@ -75,6 +77,8 @@ class PeerLink:
     #: requests from this peer served at once: each may hold a chunk (<= 4 MiB) until
     #: its reply is written, so this bounds the memory one peer can make us spend
     serve_slots: trio.Semaphore = field(default_factory=lambda: trio.Semaphore(SERVE_SLOTS))
+    #: why the connection ended, for the peer.offline event
+    end_reason: str = "connection closed"
 
     @property
     def device_id(self) -> DeviceId:
@@ -102,8 +106,9 @@ class PeerLink:
 
 class PeerManager:
     def __init__(self, identity: Identity, name: str, trust: TrustStore,
-                 static_peers: list[tuple[str, int]]) -> None:
+                 static_peers: list[tuple[str, int]], *, events: EventBus) -> None:
         self.identity = identity
+        self.events = events
         self.name = name
         self.trust = trust
         self.static_peers = static_peers
@@ -135,17 +140,27 @@ class PeerManager:
         self._wake.setdefault(device, trio.Event()).set()
         self._ensure_dialer(device)
 
-    async def disconnect(self, device: DeviceId) -> None:
+    async def disconnect(self, device: DeviceId, reason: str = "disconnected") -> None:
         link = self.links.pop(device, None)
         if link is not None:
             await link.conn.aclose()
+            self._went_offline(link, reason)
             self._signal()
 
     async def accept(self, stream: trio.SocketStream, claimed: DeviceId | None) -> None:
-        conn = await accept_peer(stream, self.identity, self.trust.cert_pems(), claimed=claimed,
-                                 name=self.name)
+        try:
+            where = "{}:{}".format(*stream.socket.getpeername()[:2])
+        except OSError:
+            where = "?"
+        try:
+            conn = await accept_peer(stream, self.identity, self.trust.cert_pems(),
+                                     claimed=claimed, name=self.name)
+        except (PeerRefused, TimedOut) as exc:
+            self._refused(claimed, where, exc)
+            raise
         if self.trust.get(conn.device_id) is None:  # unpaired between handshake and now
             await conn.aclose()
+            self._refused(conn.device_id, where, "not paired", logged=False)
             return
         link = await self._adopt(conn, dialed=False)
         if link is not None:
@@ -203,6 +218,8 @@ class PeerManager:
                                                expected=device, name=self.name)
                     except (OSError, DizzyError, trio.BrokenResourceError) as exc:
                         log.debug("dial %s at %s:%d failed: %s", device.short, host, port, exc)
+                        if isinstance(exc, PeerRefused):
+                            self._refused(device, f"{host}:{port}", exc)
                         continue
                     link = await self._adopt(conn, dialed=True)
                     if link is not None:
@@ -226,6 +243,8 @@ class PeerManager:
                                            name=self.name)
                 except (OSError, DizzyError, trio.BrokenResourceError) as exc:
                     log.debug("dial static peer %s:%d failed: %s", host, port, exc)
+                    if isinstance(exc, PeerRefused):
+                        self._refused(None, f"{host}:{port}", exc)
                 else:
                     device = conn.device_id
                     known = self.addresses.setdefault(device, [])
@@ -263,8 +282,8 @@ class PeerManager:
             await self.trust.changed.wait()
             for device in list(self.links):
                 if self.trust.get(device) is None:
-                    log.info("device %s was unpaired; closing its connection", device)
-                    await self.disconnect(device)
+                    log.debug("device %s was unpaired; closing its connection", device)
+                    await self.disconnect(device, "unpaired")
             for peer in self.trust.all():
                 self._ensure_dialer(peer.device_id)
 
@@ -284,6 +303,9 @@ class PeerManager:
             await existing.conn.aclose()
         link = PeerLink(conn, dialed)
         self.links[device] = link
+        if existing is None:  # a link replacing a simultaneous dial is no news
+            self.events.publish("peer.online", device_id=str(device), name=conn.peer_name,
+                                address=conn.address)
         self._signal()
         host = conn.address
         peer = self.trust.get(device)
@@ -309,7 +331,7 @@ class PeerManager:
                 await link.conn.aclose()
                 if self.links.get(device) is link:
                     del self.links[device]
-                    log.info("peer %s is offline", device)
+                    self._went_offline(link, link.end_reason)
                     self._signal()
                     await self.trust.seen(device, None)
             if self.links.get(device) is None:
@@ -341,6 +363,7 @@ class PeerManager:
             await link.conn.keepalive()
         except (DizzyError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             log.debug("keepalive for %s stopped: %s", link.device_id.short, exc)
+            link.end_reason = str(exc) or type(exc).__name__
         finally:
             scope.cancel()
 
@@ -358,10 +381,11 @@ class PeerManager:
                     handler = self.notice_handlers.get(message.kind)
                     if handler is not None:
                         nursery.start_soon(self._run_notice, handler, link, message)
-            log.info("peer %s closed the connection", device.short)
+            link.end_reason = "the peer closed the connection"
         except (ProtocolError, DizzyError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
-            log.info("connection to %s ended: %s", device.short, exc or type(exc).__name__)
+            link.end_reason = str(exc) or type(exc).__name__
+        log.debug("connection to %s ended: %s", device.short, link.end_reason)
 
     async def _serve_request(self, link: PeerLink, request: Request) -> None:
         async with link.serve_slots:
@@ -385,6 +409,17 @@ class PeerManager:
             await link.conn.send(reply)
 
     # -- reporting ------------------------------------------------------------------
+
+    def _went_offline(self, link: PeerLink, reason: str) -> None:
+        self.events.publish("peer.offline", device_id=str(link.device_id),
+                            name=link.conn.peer_name, reason=reason)
+
+    def _refused(self, device: DeviceId | None, where: str, reason: object, *,
+                 logged: bool = True) -> None:
+        # The transport logs its refusals itself, in words tests rely on.
+        self.events.publish("peer.refused", already_logged=logged,
+                            device_id=str(device) if device is not None else None,
+                            address=where, reason=str(reason))
 
     def describe(self) -> list[dict[str, Any]]:
         out = []

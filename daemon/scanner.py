@@ -27,13 +27,16 @@ import stat
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Final, Literal
 
 import blake3
 
+from dizzy.protocol.chunking import CHUNK_MIN
 from dizzy.protocol.errors import DizzyError, UnsafePath
 from dizzy.protocol.ignore import IGNORE_FILE, NO_RULES, IgnoreRules
+from dizzy.protocol.outboard import OutboardBuilder
 from dizzy.protocol.paths import MAX_DEPTH, MAX_RELPATH_BYTES, validate_name
 
 EntryKind = Literal["file", "dir", "link"]
@@ -46,8 +49,8 @@ SMALL_FILE: Final = 1024 * 1024
 #: user's file can be truncated under us, and touching a mapped page past the new end
 #: kills the whole daemon with SIGBUS.
 READ_BLOCK: Final = 16 * 1024 * 1024
-#: A file whose mtime is this close to the moment it was hashed could be rewritten
-#: within the same timestamp tick without its (size, mtime) changing.  File system
+#: A file whose mtime is this close to the moment it was hashed (either side) could be
+#: rewritten within the same timestamp tick without its (size, mtime) changing.  File system
 #: clocks tick every few milliseconds (coarse kernel clock); 50 ms leaves a margin.
 RACY_NS: Final = 50_000_000
 
@@ -123,6 +126,8 @@ class ScanResult:
     rules: IgnoreRules = field(default_factory=IgnoreRules)
     hashed_files: int = 0
     hashed_bytes: int = 0
+    #: encoded outboards of the large files hashed by this scan, by object ID
+    outboards: dict[str, bytes] = field(default_factory=dict)
     #: seconds
     elapsed: float = 0.0
 
@@ -148,6 +153,26 @@ def hash_fd(fd: int, size: int) -> str:
         hasher.update(view[:n])
         offset += n
     return hasher.hexdigest()
+
+
+def hash_and_chunk_fd(outboards: dict[str, bytes], fd: int, size: int) -> str:
+    """``hash_fd``, and for a file of more than one chunk its outboard too (into
+    ``outboards``), from the same reads."""
+    if size <= CHUNK_MIN:
+        return hash_fd(fd, size)
+    builder = OutboardBuilder()
+    buffer = bytearray(READ_BLOCK)
+    view = memoryview(buffer)
+    offset = 0
+    while True:
+        n = os.preadv(fd, [buffer], offset)
+        if n == 0:
+            break
+        builder.feed(view[:n])
+        offset += n
+    outboard = builder.finish()
+    outboards[outboard.object_id] = outboard.encode()
+    return outboard.object_id
 
 
 def _read_rest(fd: int, offset: int) -> bytes:
@@ -379,7 +404,12 @@ class _Scan:
             self.unstable.append(relpath)
             self._carry(relpath)
             return
-        racy = after.st_mtime_ns >= hashed_at - RACY_NS
+        # Only an mtime near "now" is racy: a write now would set the mtime to now, so
+        # one well ahead of our clock (a file from a device whose clock runs ahead)
+        # would change visibly.  Taking those as racy too re-hashed them at every scan
+        # and kept them from being served (inode 0 never matches) until the clock
+        # caught up.
+        racy = abs(after.st_mtime_ns - hashed_at) <= RACY_NS
         self.files[relpath] = ScannedFile(
             relpath, "file", after.st_size, after.st_mtime_ns, 0 if racy else after.st_ino,
             stat.S_IMODE(after.st_mode), object_id,
@@ -427,13 +457,17 @@ def scan(
     rules: IgnoreRules = NO_RULES,
     *,
     hash_file: HashFile | None = None,
+    chunk_large: bool = True,
 ) -> ScanResult:
     """Walk ``root`` and compare it with ``previous`` (the last scan's ``files``).
 
     ``rules`` are the caller's own patterns (none by default); the root
     ``.dizzyignore`` is read again on every scan and its patterns come after them (so
     they win a tie).  ``hash_file`` replaces ``hash_fd`` (tests use it to change a file
-    mid-hash).  Raises ``FolderMissing`` when the root is not a readable directory,
+    mid-hash).  With ``chunk_large`` (the default hasher only), files larger than one
+    chunk are chunked in the same read that hashes them, and their outboards come back
+    in ``ScanResult.outboards``: a peer's first chunk request then costs no second read
+    of the whole file.  Raises ``FolderMissing`` when the root is not a readable directory,
     before or after the walk.
     """
     started = time.monotonic()
@@ -441,7 +475,10 @@ def scan(
     identity = _root_identity(root_str)
     text = _read_ignore_file(root_str)
     effective = rules if text is None else rules + IgnoreRules.parse(text)
-    walk = _Scan(root_str, previous, identity[1], effective, hash_file or hash_fd)
+    outboards: dict[str, bytes] = {}
+    if hash_file is None:
+        hash_file = partial(hash_and_chunk_fd, outboards) if chunk_large else hash_fd
+    walk = _Scan(root_str, previous, identity[1], effective, hash_file)
     walk.run()
     # An unmount or a replaced root during the walk made the listing meaningless.
     if _root_identity(root_str) != identity:
@@ -455,6 +492,7 @@ def scan(
         rules=effective,
         hashed_files=walk.hashed_files,
         hashed_bytes=walk.hashed_bytes,
+        outboards=outboards,
     )
     for path, entry in files.items():
         prev = previous.get(path)

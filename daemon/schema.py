@@ -106,6 +106,9 @@ STATEMENTS += [
 #: columns added after a table first shipped: (table, column, definition)
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("partial_chunks", "synced", "INTEGER NOT NULL DEFAULT 0"),
+    # the shared folder a transfer was started for (NULL: a `get`); a folder's
+    # partials are dropped once it no longer needs them (a newer version replaced it)
+    ("partials", "folder", "TEXT"),
 ]
 
 

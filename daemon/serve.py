@@ -11,13 +11,14 @@ import trio
 
 from dizzy.protocol.errors import DizzyError
 
-from . import api_folders, api_peers, api_store, object_service
+from . import api_events, api_folders, api_peers, api_store, object_service, small_objects
 from .api import ControlApi
 from .context import DaemonConfig, DaemonContext
 from .control_server import serve_control
 from .fetch import Fetcher
 from .folders import FolderManager
 from .fsutil import remove_quietly
+from .gui import serve_gui
 from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
@@ -79,19 +80,26 @@ async def serve_daemon(
                     "(choose another with --listen HOST:PORT)"
                 ) from exc
             port = listen_port(listeners)
-            peers = PeerManager(identity, ctx.name, trust, list(config.static_peers))
-            pairing = PairingService(identity, ctx.name, trust, peers, port)
+            bus = ctx.events
+            peers = PeerManager(identity, ctx.name, trust, list(config.static_peers),
+                                events=bus)
+            pairing = PairingService(identity, ctx.name, trust, peers, port, events=bus)
             ctx.services["peers"] = _PeerStatus(peers, f"{host}:{port}")
             api = ControlApi()
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
             outboards = Outboards(store)
-            fetcher = Fetcher(home, index, store, outboards, peers)
-            folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher)
+            fetcher = Fetcher(home, index, store, outboards, peers, events=bus)
+            folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher,
+                                    events=bus)
             outboards.locate = folders.sync_find_object
             ctx.services["folders"] = folders
             api_folders.register(api, folders)
-            object_service.register(peers, store, outboards, locate=folders.sync_find_object)
+            api_events.register(api, bus)
+            object_service.register(peers, store, outboards, locate=folders.sync_find_object,
+                                    stale=folders.rehash_object)
+            small_objects.register(peers, store, folders.sync_find_object,
+                                   stale=folders.rehash_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
             await nursery.start(peers.serve)
@@ -100,6 +108,7 @@ async def serve_daemon(
             nursery.start_soon(serve_peer_listeners, listeners, peers, pairing)
             if config.mdns:
                 await nursery.start(_serve_discovery, ctx, peers, pairing, port)
+            await nursery.start(serve_gui, ctx, api)  # before control: status names it
             await nursery.start(serve_control, api, home.control_socket)
             log.info(
                 "dizzy daemon ready: device %s (%s), peers on %s:%d, mDNS %s, home %s",

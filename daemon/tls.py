@@ -47,6 +47,10 @@ def peer_device_id(ssl_object: _HasPeerCert) -> DeviceId:
     return device_id_of_cert(der)
 
 
+#: OpenSSL's X509_V_FLAG_NO_CHECK_TIME (ssl has no name for it)
+_X509_V_FLAG_NO_CHECK_TIME = 0x200000
+
+
 def _make_context(
     server_side: bool, identity: Identity, trusted_cert_pems: Iterable[bytes]
 ) -> ssl.SSLContext:
@@ -60,6 +64,11 @@ def _make_context(
     ctx.maximum_version = ssl.TLSVersion.TLSv1_3
     ctx.check_hostname = False  # before verify_mode: a client context insists otherwise
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # Trust is the pinned certificate itself (unpair revokes it), so its validity dates
+    # prove nothing, and checking them against our clock locked out a device whose
+    # clock is days off (a board without a battery-backed clock before NTP): pairing
+    # worked, then every handshake failed as "certificate is not yet valid".
+    ctx.verify_flags |= _X509_V_FLAG_NO_CHECK_TIME
     if server_side:
         # We never resume sessions (every connection re-proves its identity against the
         # current pairing), so tickets would only cost bytes and a round of writes.

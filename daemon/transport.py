@@ -163,7 +163,7 @@ async def accept_peer(
     except BaseException:
         await trio.aclose_forcefully(ssl_stream)
         raise
-    log.info("peer %s (%s) connected from %s", device, conn.peer_name, where)
+    log.debug("peer %s (%s) connected from %s", device, conn.peer_name, where)
     return conn
 
 
@@ -211,7 +211,7 @@ async def dial_peer(
                 raise
     except trio.TooSlowError:
         raise TimedOut(f"connecting to peer at {where} took longer than {timeout:g} s") from None
-    log.info("connected to peer %s (%s) at %s", device, conn.peer_name, where)
+    log.debug("connected to peer %s (%s) at %s", device, conn.peer_name, where)
     return conn
 
 

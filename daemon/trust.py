@@ -7,15 +7,19 @@ knows when to rebuild its TLS contexts and drop connections of unpaired devices.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from dataclasses import dataclass
 
 import trio
 
+from dizzy.protocol.errors import StorageError
 from dizzy.protocol.ids import DeviceId
 
 from .index import Index
+
+log = logging.getLogger("dizzy.trust")
 
 
 @dataclass
@@ -95,7 +99,10 @@ class TrustStore:
         peer.last_seen = time.time()
         if address:
             peer.address = address
-        await self.index.execute(
-            "UPDATE peers SET last_seen = ?, address = COALESCE(?, address) WHERE device_id = ?",
-            (peer.last_seen, address, str(device)),
-        )
+        try:
+            await self.index.execute(
+                "UPDATE peers SET last_seen = ?, address = COALESCE(?, address) "
+                "WHERE device_id = ?", (peer.last_seen, address, str(device)),
+            )
+        except StorageError as exc:  # bookkeeping only: a full disk must not cut the link
+            log.warning("could not record when %s was seen: %s", device.short, exc)

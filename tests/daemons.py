@@ -47,7 +47,10 @@ def run_cli(
 class DaemonProcess:
     def __init__(self, home: Path, extra: Sequence[str] = (), prefix: Sequence[str] = ()):
         self.home = home
-        self.extra = list(extra)
+        # Test daemons serve no web page unless asked (--gui HOST:PORT): the default
+        # port would be contended by every daemon a test starts.
+        wants_gui = any(a == "--no-gui" or a.startswith("--gui") for a in extra)
+        self.extra = list(extra) if wants_gui else [*extra, "--no-gui"]
         self.prefix = list(prefix)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = home.parent / f"{home.name}.daemon.log"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import blake3
@@ -120,7 +121,7 @@ def test_get_without_output_writes_id_in_cwd(daemon: DaemonProcess, tmp_path: Pa
     work = tmp_path / "work"
     work.mkdir()
     proc = subprocess.run(
-        ["python3", "-m", "dizzy.client.cli", "--home", str(daemon.home), "get", oid],
+        [sys.executable, "-m", "dizzy.client.cli", "--home", str(daemon.home), "get", oid],
         cwd=work, capture_output=True, timeout=60,
     )
     assert proc.returncode == 0, proc.stderr

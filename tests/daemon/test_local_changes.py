@@ -46,7 +46,8 @@ def test_a_file_made_here_does_not_descend_from_another_devices_file() -> None:
     assert mine.version.compare(theirs.version) == "concurrent"
     # once the file here is theirs (fetched at their version), an edit descends from it
     state.versions["f"] = theirs.version
-    [edit] = log_local_changes(state, files, files, ["f"], [])
+    edited = {"f": scanned("f", "44" * 32)}
+    [edit] = log_local_changes(state, edited, files, ["f"], [])
     assert edit.version == VersionVector({me: 2, them: 1})
 
 

@@ -507,3 +507,19 @@ def test_benchmark_20000_small_files(tmp_path: Path) -> None:
     assert second.hashed_bytes == 0
     assert first_s < 60
     assert rescan_s < 10
+
+
+def test_large_files_are_chunked_in_the_hashing_read(tmp_path: Path) -> None:
+    from dizzy.protocol.chunking import CHUNK_MIN
+    from dizzy.protocol.outboard import Outboard, outboard_of
+
+    big = os.urandom(3 * CHUNK_MIN + 12345)
+    (tmp_path / "big.bin").write_bytes(big)
+    (tmp_path / "small.bin").write_bytes(os.urandom(CHUNK_MIN))  # one chunk: no outboard
+    result = scan(tmp_path, {})
+    big_id = result.files["big.bin"].object_id
+    assert big_id == blake3.blake3(big).hexdigest()
+    assert set(result.outboards) == {big_id}
+    decoded = Outboard.decode(result.outboards[big_id], expected_object_id=big_id)
+    assert decoded == outboard_of(big)
+    assert scan(tmp_path, {}, chunk_large=False).outboards == {}

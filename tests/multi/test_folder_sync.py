@@ -8,6 +8,7 @@ deadline and trigger rescans instead of waiting for the 10 s rescan period.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import time
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from dizzy.client import Client
+from tests.event_lines import popen, recent_events
 from tests.multi.fetch_helpers import cluster, file_blake3, full_log, make_random_file
 from tests.multi.folder_helpers import (
     converged,
@@ -233,6 +235,17 @@ def test_conflict_keeps_the_losers_copy_everywhere(tmp_path: Path) -> None:
             assert re.fullmatch(r"plan\.sync-conflict-\d{8}-\d{6}-[A-Za-z0-9]+\.txt",
                                 copy.name), copy.name
             assert copy.name.startswith("plan.sync-conflict-20231114-")  # A's mtime, UTC
+        # A, whose version lost the name, told its event stream (and its log) so.
+        conflicts = popen(a.home, "events", "--json", "--since", "0", "--type", "conflict")
+        try:
+            event = json.loads(conflicts.until(lambda s: "plan.txt" in s, "the conflict"))
+        finally:
+            conflicts.close()
+        assert event["data"] == {"folder": "f", "path": "plan.txt",
+                                 "conflict_path": conflict_copies(fa)[0].name,
+                                 "device_id": a.device_id()}
+        assert f"conflict on plan.txt; this device's version kept as " \
+               f"{conflict_copies(fa)[0].name}" in full_log(a)
 
 
 def test_ignored_paths_stay_home(tmp_path: Path) -> None:
@@ -432,6 +445,16 @@ def test_vanished_folder_pauses_and_peers_keep_their_files(tmp_path: Path) -> No
         assert (fb / "after.txt").read_text() == "after the restore\n"
         assert (fa / "f0.txt").read_text() == "B edits after the restore\n"
         assert (fa / "d" / "x.txt").read_text() == "x\n"
+        # However many rescans hit the paused folder: one event (and log line) going
+        # into the error, one coming out of it.
+        states = [(e["data"]["state"], e["data"]["previous"]) for e in recent_events(a.home)
+                  if e["type"] == "folder.state" and e["data"]["folder"] == "f"]
+        errors = [i for i, (state, _) in enumerate(states) if state == "error"]
+        assert len(errors) == 1, states
+        assert states[errors[0] + 1] == ("idle", "error"), states
+        log = full_log(a)
+        assert log.count("folder f paused: ") == 1 and \
+            log.count("folder f is idle (no longer in error)") == 1, log[-3000:]
 
 
 def test_unshare_stops_syncing_and_deletes_nothing(tmp_path: Path) -> None:

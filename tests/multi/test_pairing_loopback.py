@@ -28,6 +28,7 @@ from dizzy.protocol.pairing import PAIRING_MAX_FRAME, Joiner, LocalInfo
 from dizzy.protocol.pairing_code import WORDS, PairingCode
 from dizzy.protocol.pairing_code import parse as parse_code
 from tests.daemons import STOP_TIMEOUT, DaemonProcess, dizzy_argv, run_cli
+from tests.event_lines import popen, recent_events
 
 #: a pairing between two idle loopback daemons takes well under a second via the CLI
 PAIR_TIMEOUT = 20.0
@@ -312,6 +313,17 @@ def test_wrong_code_fails_both_sides_and_burns_the_code(nodes: tuple[Node, Node]
     assert "already used" in line or "expired" in line, line
     assert a.peers() == [] and b.peers() == []
     assert a.alive() and b.alive()
+    # Both event streams say so; the words of the code never appear in one.
+    for node, needle in ((a, "code burned"), (b, "wrong code")):
+        watch = popen(node.home, "events", "--json", "--since", "0")
+        try:
+            watch.until(lambda s, n=needle: "pairing.failed" in s and n in s,
+                        f"{node.name}'s pairing.failed")
+        finally:
+            watch.close()
+        assert "-".join(code.words) not in "".join(watch.lines)
+    (started,) = [e for e in recent_events(a.home) if e["type"] == "pairing.started"]
+    assert started["data"]["nameplate"] == code.nameplate
 
 
 
@@ -513,6 +525,17 @@ def test_unpair(paired: tuple[Node, Node, str, str]) -> None:
     assert a.peers() == []
     # B still trusts A but can no longer get in: A refuses it, so B lists it offline.
     wait_until(lambda: b.sees_offline(a_id), ONLINE_TIMEOUT, "B to see A offline")
+    watch = popen(a.home, "events", "--json", "--since", "0")
+    try:
+        refused = json.loads(watch.until(
+            lambda s: '"peer.refused"' in s and b_id in s, "A's refusal of B",
+            timeout=RECONNECT_TIMEOUT))
+    finally:
+        watch.close()
+    assert refused["data"]["reason"] and refused["data"]["address"].startswith("127.0.0.1:")
+    mine = [(e["type"], e["data"].get("reason")) for e in watch.events()
+            if e["data"].get("device_id") == b_id]
+    assert ("peer.unpaired", None) in mine and ("peer.offline", "unpaired") in mine, mine
     assert a.peers() == []
     assert a.status()["peers_online"] == 0
 

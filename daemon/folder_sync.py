@@ -506,9 +506,11 @@ class Applier:
                                                            known.inode) or known.kind == "dir"
 
     def _record(self, path: Path, object_id: str | None = None,
-                version: VersionVector | None = None) -> None:
+                version: VersionVector | None = None,
+                st: os.stat_result | None = None) -> None:
         relpath = path.relative_to(self.root).as_posix()
-        st = os.lstat(path)
+        if st is None:
+            st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             kind, target = "link", os.readlink(path)
         elif stat.S_ISDIR(st.st_mode):
@@ -679,9 +681,14 @@ class Applier:
                                 self.state.folder, action.path)
                     continue
                 try:
+                    # The temp file's own stat, taken before the rename: a program
+                    # may write into the file the moment it has its final name, and
+                    # a stat taken after would record that edit as our content
+                    # (the scanner would then never see it, and it would be lost).
+                    st = os.lstat(tmp)
                     os.rename(tmp, path)
                     self._record(path, object_id=action.entry.object_id,
-                                 version=action.entry.version)
+                                 version=action.entry.version, st=st)
                 except OSError as exc:
                     # Its directory was renamed or deleted here meanwhile.  One file's
                     # failure must not strand the rest of the batch as temp files.

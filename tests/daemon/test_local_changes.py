@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import sqlite3
+from pathlib import Path
+from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -99,3 +102,40 @@ def test_own_log_batch_ends_at_a_head_while_entries_are_being_stored() -> None:
     replica = LogReplica("f", me, public)
     accepted = replica.accept([LogEntry.decode(e) for e in entries], SignedHead.decode(head))
     assert [e.path for e in accepted] == ["a"]
+
+
+async def test_an_edit_the_moment_a_fetched_file_lands_is_not_recorded_as_ours(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by the soak: a program wrote into a fetched file between its rename into
+    place and the applier's stat of it; the index then held the edited stat with the
+    fetched object ID, the scanner never rehashed it, and a later deletion from a peer
+    destroyed the edit.  The recorded stat must be the temp file's own."""
+    import os
+
+    from dizzy.daemon import folder_sync
+    from dizzy.daemon.events import EventBus
+    from dizzy.protocol.folder_state import Fetch
+
+    me, my_key = device(1)
+    them, their_key = device(2)
+    state = SyncState("f", me, LogWriter("f", me, my_key))
+    theirs = LogWriter("f", them, their_key).append(
+        "x.txt", "file", False, THEIRS, 5, T0, 0o644, None, VersionVector({them: 1}))
+    applier = folder_sync.Applier(tmp_path, state, {}, None, None, EventBus())  # type: ignore[arg-type]
+    tmp = tmp_path / ".x.txt.dizzy-0badc0de.tmp"
+    tmp.write_bytes(b"fetch")
+    os.utime(tmp, ns=(T0, T0))
+    applier.ready.append((tmp, tmp_path / "x.txt", Fetch("x.txt", theirs)))
+    real_rename = os.rename
+
+    def rename_then_edit(src: Any, dst: Any) -> None:
+        real_rename(src, dst)
+        with open(dst, "ab") as f:  # the user's program, right on time
+            f.write(b" and an edit")
+
+    monkeypatch.setattr(folder_sync.os, "rename", rename_then_edit)
+    await applier._flush()
+    recorded = applier.files["x.txt"]
+    on_disk = os.lstat(tmp_path / "x.txt")
+    assert (recorded.size, recorded.mtime_ns) == (5, T0)
+    assert (on_disk.st_size, on_disk.st_mtime_ns) != (recorded.size, recorded.mtime_ns)

@@ -45,6 +45,7 @@ from dizzy.protocol.errors import (
     UsageError,
 )
 from dizzy.protocol.folder_state import (
+    Adopt,
     Delete,
     Fetch,
     FolderState,
@@ -189,8 +190,19 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
             continue
         base = state.versions.get(path)
         if base is None:
+            # Made here, not fetched: it descends from no other device's content, so
+            # an entry another device made at this path meanwhile is concurrent (a
+            # conflict, both kept).  Claiming the winner's version would silently
+            # supersede bytes this device never saw.  Only a deletion is safe to
+            # descend from: it holds nothing to lose.
             winner = state.merged.get(path)
-            base = winner.version if winner is not None else VersionVector()
+            base = winner.version if winner is not None and winner.deleted \
+                else VersionVector()
+        # Always past every entry this device made at the path: our own entries then
+        # supersede each other by their vectors alone, as the fold needs.
+        own = state.merged.counter(path, state.me)
+        if own > base.get(state.me, 0):
+            base = base.merge(VersionVector({state.me: own}))
         version = base.bump(state.me)
         entries.append(state.writer.append(
             path, f.kind, False, f.object_id if f.kind == "file" else None,
@@ -205,6 +217,9 @@ def log_local_changes(state: SyncState, files: dict[str, ScannedFile],
             continue
         old = previous.get(path)
         base = state.versions.get(path) or VersionVector()
+        own = state.merged.counter(path, state.me)  # past our own entries, as above
+        if own > base.get(state.me, 0):
+            base = base.merge(VersionVector({state.me: own}))
         version = base.bump(state.me)
         entries.append(state.writer.append(
             path, old.kind if old is not None else "file", True, None, 0,
@@ -263,8 +278,14 @@ def log_batch(conn: sqlite3.Connection, state: SyncState, device: bytes, after: 
             "SELECT data FROM log_entries WHERE folder = ? AND device = ? AND seq > ? AND "
             "seq <= ? ORDER BY seq", (state.folder, device, after, end)).fetchall()
         entries = [bytes(r[0]) for r in rows]
+        if not entries:
+            raise NotFound("those entries are still being stored; ask again")
+        # The writer runs ahead of the index while new entries are being saved: sign
+        # the head of what is stored (a true prefix of the log), not of the writer,
+        # or the batch ends short of its head and the peer refuses it.
         last = LogEntry.decode(entries[-1])
-        return entries, sign_head(state.folder, device, end, last.entry_hash, key).encode()
+        return entries, sign_head(state.folder, device, last.seq, last.entry_hash,
+                                  key).encode()
     row = conn.execute(
         "SELECT seq, data FROM log_heads WHERE folder = ? AND device = ? AND seq > ? "
         "ORDER BY seq LIMIT 1", (state.folder, device, after)).fetchone()
@@ -355,6 +376,12 @@ class Applier:
         self.dirs_to_sync: set[Path] = set()
         #: fetched files waiting to be renamed into place: (temp, final, action)
         self.ready: list[tuple[Path, Path, Fetch]] = []
+        #: fetched files that could not be renamed into place (retried later)
+        self.flush_failures = 0
+        #: entries this apply added to our own log (the caller announces them)
+        self.logged: list[LogEntry] = []
+        #: conflicts closed here: path -> our entry naming the winner's content
+        self._closed: dict[str, LogEntry] = {}
         self._flush_lock = trio.Lock()
         #: why actions failed for want of disk (full, read-only, denied): the folder
         #: shows the first as its error until an apply succeeds
@@ -371,6 +398,10 @@ class Applier:
     async def run(self, receive_only: bool) -> int:
         """Carry out the plan; returns how many actions failed (to retry later)."""
         actions = plan(self.local_view(), self.state.merged, receive_only)
+        for action in actions:
+            if isinstance(action, Adopt):
+                self.state.versions[action.path] = action.version
+                self.changed_versions[action.path] = action.version
         todo = [a for a in actions if isinstance(a, (Fetch, Delete, MakeDir, MakeLink,
                                                      KeepConflict))]
         self.state.need_bytes = sum(a.entry.size for a in todo if isinstance(a, Fetch))
@@ -434,10 +465,16 @@ class Applier:
                 await one(action)
         dirs, self.dirs_to_sync = self.dirs_to_sync, set()
         await trio.to_thread.run_sync(_fsync_dirs, dirs)
+        for relpath, closed in self._closed.items():
+            here = self.files.get(relpath)
+            if here is not None and here.object_id == closed.object_id:
+                # the winner's content arrived: it is here at the closing version
+                self.state.versions[relpath] = closed.version
+                self.changed_versions[relpath] = closed.version
         if self.changed_versions:
             await self.index.call(_save_versions, self.state.folder, self.changed_versions)
         self.state.need_bytes = max(self.state.need_bytes, 0)
-        return failed
+        return failed + self.flush_failures
 
     def _target(self, relpath: str) -> Path:
         parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
@@ -469,9 +506,11 @@ class Applier:
                                                            known.inode) or known.kind == "dir"
 
     def _record(self, path: Path, object_id: str | None = None,
-                version: VersionVector | None = None) -> None:
+                version: VersionVector | None = None,
+                st: os.stat_result | None = None) -> None:
         relpath = path.relative_to(self.root).as_posix()
-        st = os.lstat(path)
+        if st is None:
+            st = os.lstat(path)
         if stat.S_ISLNK(st.st_mode):
             kind, target = "link", os.readlink(path)
         elif stat.S_ISDIR(st.st_mode):
@@ -488,15 +527,15 @@ class Applier:
     async def _one(self, action: Any) -> None:
         path = self._target(action.path)
         if isinstance(action, KeepConflict):
-            copy = self._target(conflict_path_for(action.path, action.loser))
             if self._unchanged(action.path, path):
-                os.rename(path, copy)
+                copy = self._keep_copy(action, path)
                 fsync_dir(path.parent)
                 self.files.pop(action.path, None)
                 self.events.publish(
                     "conflict", folder=self.state.folder, path=action.path,
                     conflict_path=copy.relative_to(self.root).as_posix(),
                     device_id=str(DeviceId(action.loser.device)))
+                await self._close_conflict(action)
         elif isinstance(action, MakeDir):
             entry = action.entry
             try:
@@ -532,6 +571,46 @@ class Applier:
             self.files.pop(relpath, None)
             self.state.versions.pop(relpath, None)
             self.changed_versions[relpath] = None
+
+    def _keep_copy(self, action: KeepConflict, path: Path) -> Path:
+        """Move the losing version to its conflict name, never over another file: two
+        conflicts at one path can share a name (same losing device, same second), and
+        a plain rename would silently destroy the earlier copy."""
+        for attempt in range(1, 1000):
+            copy = self._target(conflict_path_for(action.path, action.loser, attempt))
+            try:
+                os.link(path, copy)  # fails if the name is taken, unlike rename
+            except FileExistsError:
+                continue
+            except OSError:
+                if os.path.lexists(copy):  # no hard links here: check, then rename
+                    continue
+                os.rename(path, copy)
+                return copy
+            os.unlink(path)
+            return copy
+        raise UsageError(f"{action.path}: no free name for a conflict copy")
+
+    async def _close_conflict(self, action: KeepConflict) -> None:
+        """The losing version here is now a conflict copy: log the path as holding the
+        winner's content at a version past both.  Otherwise the loser stays a head
+        forever, and wins again (with content nobody has any more) as soon as the
+        winner is deleted.  Only a device that kept a copy may close the conflict."""
+        winner = self.state.merged.get(action.path)
+        if winner is None or winner.deleted:
+            return
+        me = self.state.me
+        version = winner.version.merge(action.loser.version)
+        own = self.state.merged.counter(action.path, me)
+        if own > version.get(me, 0):
+            version = version.merge(VersionVector({me: own}))
+        entry = self.state.writer.append(
+            action.path, winner.kind, False, winner.object_id, winner.size, winner.mtime_ns,
+            winner.mode, winner.link_target, version.bump(me))
+        self.state.merged.apply(entry)
+        self._closed[action.path] = entry
+        self.logged.append(entry)
+        await self.index.call(_save_entries, [entry], self.state.writer.head())
 
     async def _fetch(self, action: Fetch, path: Path) -> None:
         entry = action.entry
@@ -601,10 +680,24 @@ class Applier:
                     log.warning("folder %s: %s changed here while syncing; kept as is",
                                 self.state.folder, action.path)
                     continue
-                os.rename(tmp, path)
+                try:
+                    # The temp file's own stat, taken before the rename: a program
+                    # may write into the file the moment it has its final name, and
+                    # a stat taken after would record that edit as our content
+                    # (the scanner would then never see it, and it would be lost).
+                    st = os.lstat(tmp)
+                    os.rename(tmp, path)
+                    self._record(path, object_id=action.entry.object_id,
+                                 version=action.entry.version, st=st)
+                except OSError as exc:
+                    # Its directory was renamed or deleted here meanwhile.  One file's
+                    # failure must not strand the rest of the batch as temp files.
+                    remove_quietly(tmp)
+                    self.flush_failures += 1
+                    log.warning("folder %s: Fetch %s failed: %s", self.state.folder,
+                                action.path, exc)
+                    continue
                 self.dirs_to_sync.add(path.parent)
-                self._record(path, object_id=action.entry.object_id,
-                             version=action.entry.version)
 
 
 def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:

@@ -192,6 +192,7 @@ class FolderRunner:
                                   self.manager.obtain, self.manager.events,
                                   self.manager.obtain_small_batch)
                 before = dict(self.files)
+                failed = 0
                 try:
                     failed = await applier.run(self.mode == "receive-only")
                 except (DizzyError, OSError) as exc:
@@ -202,6 +203,11 @@ class FolderRunner:
                     if isinstance(exc, StorageError):
                         applier.storage_errors.append(str(exc))
                 finally:
+                    if failed:
+                        # A directory renamed here mid-fetch takes our temp file with
+                        # it, out of the applier's reach.  No apply runs now (we hold
+                        # the lock), so every temp file of ours in the folder is stale.
+                        await trio.to_thread.run_sync(_remove_stale_temps, self.path)
                     touched = [p for p in self.files if before.get(p) != self.files[p]]
                     gone = [p for p in before if p not in self.files]
                     try:
@@ -219,6 +225,8 @@ class FolderRunner:
                 self.apply_error = error
             elif not failed:
                 self.apply_error = None
+            if applier.logged:
+                await self.manager.announce(self.name)  # conflicts we closed
             if failed:
                 # Content no online peer could give yet, or a file that changed under
                 # us: rescan, and try again soon, then less often.

@@ -134,7 +134,12 @@ SMALL_OBJECT_MAX = CHUNK_MIN
 
 
 def _read_small(path: os.PathLike[str]) -> bytes:
-    with open(path, "rb") as f:
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        # a shared file deleted or renamed since it was located: an expected race
+        raise NotFound("object is no longer stored here") from None
+    with f:
         data = f.read(SMALL_OBJECT_MAX + 1)
     if len(data) > SMALL_OBJECT_MAX:
         raise UsageError("object too large for obj.small; use obj.outboard and obj.chunk")

@@ -23,6 +23,7 @@ from .home import DaemonLock
 from .identity import load_or_create_identity
 from .index import Index
 from .listener import DEFAULT_PORT, listen_port, open_peer_listeners, serve_peer_listeners
+from .memory import return_large_blocks
 from .nurseries import unwrap_single_errors
 from .outboards import Outboards
 from .pairing_service import PairingService
@@ -163,6 +164,7 @@ async def _serve_discovery(
 
 async def run_daemon(config: DaemonConfig) -> None:
     """``serve_daemon`` plus clean shutdown on SIGINT/SIGTERM (main thread only)."""
+    return_large_blocks()  # before any worker thread exists
     with unwrap_single_errors(), trio.open_signal_receiver(
         signal.SIGINT, signal.SIGTERM
     ) as signals:

@@ -10,6 +10,7 @@ import pytest
 from dizzy.protocol.changelog import ZERO_HASH, EntryKind, LogEntry
 from dizzy.protocol.errors import LocalProtocolError, UnsafePath
 from dizzy.protocol.folder_state import (
+    Adopt,
     Delete,
     Fetch,
     FolderState,
@@ -133,6 +134,59 @@ def test_identical_concurrent_changes_are_not_a_conflict() -> None:
     assert decision.outcome == "wins" and decision.loser is None
 
 
+def test_three_devices_fold_the_same_whatever_the_order() -> None:
+    # Found by the soak: B and C each kept the same conflict copy (identical, made
+    # concurrently); A deleted B's.  A's deletion descends from B's entry but is
+    # concurrent with C's.  Folded as A, B, C one device had the copy deleted, folded
+    # C, A, B another had it live: the trees never converged.
+    c_copy = entry(C, "x", v(c=1), oid=OID1)
+    a_gone = entry(A, "x", v(a=1, b=1), deleted=True)
+    b_copy = entry(B, "x", v(b=1), oid=OID1)
+    winners = set()
+    for order in itertools.permutations([c_copy, a_gone, b_copy]):
+        state = FolderState()
+        for e in order:
+            state.apply(e)
+        winners.add(state["x"])
+        assert state.losers("x") == []
+    assert winners == {c_copy}  # C's copy stands: a change beats the deletion
+
+
+def test_three_way_conflict_keeps_every_losing_version() -> None:
+    edits = [entry(A, "x", v(a=1), oid=OID1, mtime_ns=T0 + 3),
+             entry(B, "x", v(b=1), oid=OID2, mtime_ns=T0 + 2),
+             entry(C, "x", v(c=1), oid=OID3, mtime_ns=T0 + 1)]
+    for order in itertools.permutations(edits):
+        state = FolderState()
+        for e in order:
+            state.apply(e)
+        assert state["x"] == edits[0]
+        assert state.losers("x") == edits[1:]
+        # each device keeps its own losing version as a copy, not only the best loser
+        for mine in edits[1:]:
+            assert plan({"x": local_of(mine)}, state, receive_only=False) == [
+                KeepConflict("x", mine), Fetch("x", edits[0])
+            ]
+    # a later edit that saw two of them retires both; the third still conflicts
+    merged_edit = entry(B, "x", v(a=1, b=2), oid=OID2, mtime_ns=T0 + 9)
+    decision = state.apply(merged_edit)
+    assert (decision.outcome, decision.winner, decision.loser) == (
+        "conflict", merged_edit, edits[2])
+    assert state.losers("x") == [edits[2]]
+
+
+def test_content_a_head_replaced_is_not_kept_as_a_conflict() -> None:
+    # we have B's first version; B edited it again while C's concurrent edit won: what
+    # we hold was seen and replaced by B, so we simply take the winner
+    state = FolderState()
+    b1 = entry(B, "x", v(b=1), oid=OID1)
+    for e in (b1, entry(B, "x", v(b=2), oid=OID2, mtime_ns=T0),
+              c1 := entry(C, "x", v(c=1), oid=OID3, mtime_ns=T0 + 5)):
+        state.apply(e)
+    assert state["x"] == c1
+    assert plan({"x": local_of(b1)}, state, receive_only=False) == [Fetch("x", c1)]
+
+
 def test_fold_refuses_other_values() -> None:
     not_an_entry: Any = "x"
     with pytest.raises(LocalProtocolError):
@@ -174,6 +228,17 @@ def test_conflict_name_before_1970_and_long_names() -> None:
 def test_conflict_name_refuses_bad_input(path: str, short: str) -> None:
     with pytest.raises((UnsafePath, LocalProtocolError)):
         conflict_name(path, T0, short)
+
+
+def test_conflict_name_attempts_for_a_taken_name() -> None:
+    first = conflict_name("d/plan.txt", T0, "ABCDEFG")
+    assert first == "d/plan.sync-conflict-20231114-221320-ABCDEFG.txt"
+    assert conflict_name("d/plan.txt", T0, "ABCDEFG", 2) == \
+        "d/plan.sync-conflict-20231114-221320-ABCDEFG-2.txt"
+    assert conflict_name("d/plan.txt", T0, "ABCDEFG", 1) == first
+    for bad in (0, 1000, True):
+        with pytest.raises(LocalProtocolError):
+            conflict_name("d/plan.txt", T0, "ABCDEFG", bad)
 
 
 def test_conflict_path_uses_the_losers_device() -> None:
@@ -248,6 +313,82 @@ def test_deletes_children_before_parents() -> None:
               entry(B, "d/f", v(a=1, b=1), deleted=True)):
         state.apply(e)
     assert plan(local, state, receive_only=False) == [Delete("d/f"), Delete("d")]
+
+
+def test_deleted_directory_with_live_entries_inside_stays() -> None:
+    # B deletes d (and the file it knew inside) while C adds a file to it: the new
+    # file wins, so d must stay, on every device (not fail "not empty" forever)
+    state = FolderState()
+    d = entry(A, "d", v(a=1), kind="dir", mode=0o755)
+    old = entry(A, "d/old", v(a=1))
+    new = entry(C, "d/new", v(c=1), oid=OID2)
+    for e in (d, old, entry(B, "d/old", v(a=1, b=1), deleted=True),
+              entry(B, "d", v(a=1, b=1), kind="dir", deleted=True), new):
+        state.apply(e)
+    local = {"d": local_of(d), "d/old": local_of(old)}
+    assert plan(local, state, receive_only=False) == [
+        Fetch("d/new", new), Nothing("d", "deleted, but entries inside are live"),
+        Delete("d/old"),
+    ]
+    # once nothing inside is live, the deletion of the directory applies after all
+    state.apply(entry(C, "d/new", v(c=2), deleted=True))
+    assert plan({"d": local_of(d)}, state, receive_only=False) == [
+        Nothing("d/new", "deleted everywhere"), Nothing("d/old", "deleted everywhere"),
+        Delete("d"),
+    ]
+
+
+def test_deleted_directory_goes_whatever_the_local_version() -> None:
+    # Two devices deleted d concurrently and the other's deletion won the tie; this
+    # device had d again only to hold a file since deleted.  A directory has nothing
+    # to keep: it goes (it used to stay here forever, "changed here since the deletion").
+    state = FolderState()
+    state.apply(entry(A, "d", v(a=2), kind="dir", deleted=True, mtime_ns=T0 + 1))
+    state.apply(entry(B, "d", v(a=1, b=1), kind="dir", deleted=True))
+    assert state["d"].device == A
+    here = LocalFileInfo("dir", None, 0, T0, 0o755, v(a=1, b=1))
+    assert plan({"d": here}, state, receive_only=False) == [Delete("d")]
+
+
+def test_deletion_that_saw_this_content_applies_even_if_it_lost_the_tie() -> None:
+    # C deleted its copy; B, which had A's edit of it, deleted it too; C's deletion
+    # won the tie.  A still holds its edit, which B's deletion descends from: it goes
+    # (it used to stay on A forever, "changed here since the deletion").
+    state = FolderState()
+    a_edit = entry(A, "x", v(a=1, c=1), oid=OID2)
+    for e in (entry(C, "x", v(c=1), oid=OID1), a_edit,
+              entry(C, "x", v(c=2), deleted=True, mtime_ns=T0 + 1),
+              entry(B, "x", v(a=1, b=1, c=1), deleted=True)):
+        state.apply(e)
+    assert state["x"].device == C and state["x"].deleted
+    assert plan({"x": local_of(a_edit)}, state, receive_only=False) == [Delete("x")]
+    # an edit no deletion saw stays, as before
+    unseen = LocalFileInfo("file", OID3, 3, T0, 0o644, v(a=2, c=1))
+    assert plan({"x": unseen}, state, receive_only=False) == [
+        Nothing("x", "changed here since the deletion")
+    ]
+
+
+def test_content_already_here_adopts_the_winners_version() -> None:
+    # A directory made here to hold a fetched file has no version of its own; a file
+    # made identically on two devices has ours.  Either way the winner's version is
+    # merged in: a deletion made here later must descend from the winner, or it
+    # looks concurrent and loses to the very entry it deleted.
+    state = FolderState()
+    d = entry(B, "d", v(b=2), kind="dir", mode=0o755)
+    f = entry(B, "f", v(b=1))
+    for e in (d, f):
+        state.apply(e)
+    implicit = LocalFileInfo("dir", None, 0, T0, 0o755, VersionVector())
+    same_here = LocalFileInfo("file", OID1, 3, T0, 0o644, v(a=1))
+    assert plan({"d": implicit, "f": same_here}, state, receive_only=False) == [
+        Adopt("d", v(b=2)), Adopt("f", v(a=1, b=1)),
+    ]
+    # at (or past) the winner's version already: nothing to record
+    past = LocalFileInfo("file", OID1, 3, T0, 0o644, v(a=1, b=1))
+    assert plan({"d": local_of(d), "f": past}, state, receive_only=False) == [
+        Nothing("d", "up to date"), Nothing("f", "up to date"),
+    ]
 
 
 def test_concurrent_edit_keeps_conflict_copy_then_fetches() -> None:

@@ -143,16 +143,19 @@ def hash_fd(fd: int, size: int) -> str:
             data += _read_rest(fd, len(data))
         return blake3.blake3(data).hexdigest()
     hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    _read_blocks(fd, hasher.update)
+    return hasher.hexdigest()
+
+
+def _read_blocks(fd: int, consume: Callable[[memoryview], object]) -> None:
+    """Feed ``consume`` the file from offset 0 to its end in READ_BLOCK reads into one
+    reused buffer (each view is valid only during the call)."""
     buffer = bytearray(READ_BLOCK)
     view = memoryview(buffer)
     offset = 0
-    while True:
-        n = os.preadv(fd, [buffer], offset)
-        if n == 0:
-            break
-        hasher.update(view[:n])
+    while n := os.preadv(fd, [buffer], offset):
+        consume(view[:n])
         offset += n
-    return hasher.hexdigest()
 
 
 def hash_and_chunk_fd(outboards: dict[str, bytes], fd: int, size: int) -> str:
@@ -161,15 +164,7 @@ def hash_and_chunk_fd(outboards: dict[str, bytes], fd: int, size: int) -> str:
     if size <= CHUNK_MIN:
         return hash_fd(fd, size)
     builder = OutboardBuilder()
-    buffer = bytearray(READ_BLOCK)
-    view = memoryview(buffer)
-    offset = 0
-    while True:
-        n = os.preadv(fd, [buffer], offset)
-        if n == 0:
-            break
-        builder.feed(view[:n])
-        offset += n
+    _read_blocks(fd, builder.feed)  # the chunker copies what it keeps between feeds
     outboard = builder.finish()
     outboards[outboard.object_id] = outboard.encode()
     return outboard.object_id

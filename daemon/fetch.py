@@ -2,12 +2,13 @@
 
 A blob is fetched chunk by chunk (its outboard names every chunk's hash) into a partial
 file under ``<home>/partial``.  Every chunk is checked against the outboard before it
-is written; written chunks are made durable in batches (fdatasync, then one SQLite
-transaction naming them), so a killed daemon resumes from the last batch without
-rehashing anything.  Chunks come from every online peer that has the object at once,
-several requests in flight per peer.  A peer that sends a bad chunk is logged and that
-chunk is fetched from another source.  The whole object is checked against its ID
-before it is renamed into the store.
+is written and recorded as it lands (see ``_DurableRecorder``), so a killed daemon
+resumes where it stopped without rehashing anything.  Chunks come from every online
+peer that has the object at once, several requests in flight per peer.  A peer that
+sends a bad chunk is logged and that chunk is fetched from another source.  The whole
+object is checked against its ID (hashed as the chunks land, see ordered_hash.py)
+before it is renamed into the store; its bytes then reach the disk in the background
+(write_behind.py).
 """
 
 from __future__ import annotations
@@ -41,11 +42,13 @@ from .fsutil import fsync_dir, remove_quietly, storage_error
 from .home import Home
 from .index import Index
 from .nurseries import open_helper_nursery
+from .ordered_hash import OrderedHasher
 from .outboards import Outboards
 from .peers import PeerGone, PeerLink, PeerManager, RemoteError
 from .progress import ProgressCounter
-from .store import UMASK, ObjectStore, hash_window, start_writeback
+from .store import UMASK, ObjectStore, start_writeback
 from .transfer_events import TransferReport
+from .write_behind import WriteBehind, record_unsynced
 
 log = logging.getLogger("dizzy.fetch")
 
@@ -90,6 +93,10 @@ class Transfer:
     path: Path
     fd: int
     received: set[int]
+    hasher: OrderedHasher
+    #: ask the kernel to write each chunk to disk at once: for a folder, whose files
+    #: are flushed before they get their names, so the disk works during the transfer
+    early_writeback: bool = False
     landed: trio.Event = field(default_factory=trio.Event)
     done: trio.Event = field(default_factory=trio.Event)
     error: DizzyError | None = None
@@ -103,8 +110,9 @@ class Transfer:
 
 class Fetcher:
     def __init__(self, home: Home, index: Index, store: ObjectStore, outboards: Outboards,
-                 peers: PeerManager, *, events: EventBus) -> None:
+                 peers: PeerManager, *, events: EventBus, write_behind: WriteBehind) -> None:
         self.home = home
+        self.write_behind = write_behind
         self.events = events
         self.index = index
         self.store = store
@@ -283,18 +291,27 @@ class Fetcher:
 
     async def _load_or_start(self, object_id: str, sources: list[_Source],
                              folder: str | None) -> tuple[Outboard, set[int]]:
+        boot = self.write_behind.boot_id
         row = await self.index.call(_load_partial, object_id)
         if row is not None:
             outboard = Outboard.decode(row[0], expected_object_id=object_id)
-            received = row[1]
-            if row[2]:
+            received, unsynced, written_in = row[1], row[2], row[3]
+            if unsynced and boot is not None and written_in == boot:
+                # The daemon was killed, the machine was not: the page cache still
+                # holds every chunk it recorded.
+                received |= unsynced
+            elif unsynced:
                 good = await trio.to_thread.run_sync(
-                    _check_unsynced, self.home.partial / object_id, outboard, row[2]
+                    _check_unsynced, self.home.partial / object_id, outboard, unsynced
                 )
-                lost = sorted(row[2] - good)
+                lost = sorted(unsynced - good)
                 if lost:
                     await self.index.call(_forget_chunks, object_id, lost)
+                # they survived a restart of the machine: they are on disk
+                await self.index.call(_mark_synced, object_id, sorted(good))
                 received |= good
+            if written_in != boot:
+                await self.index.call(_set_partial_boot, object_id, boot)
             return outboard, received
         last: Exception | None = None
         for source in sources:
@@ -309,7 +326,8 @@ class Fetcher:
                 last = exc
                 continue
             # outside the try: our own index failing (a full disk) is not the peer's fault
-            await self.index.call(_start_partial, object_id, outboard.size, data, folder)
+            await self.index.call(_start_partial, object_id, outboard.size, data, folder,
+                                  boot)
             return outboard, set()
         raise CorruptData(f"no source sent a valid chunk list for {object_id}: {last}")
 
@@ -322,7 +340,9 @@ class Fetcher:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise storage_error(exc, f"creating {path}") from exc
-        transfer = Transfer(object_id, outboard, path, fd, received)
+        transfer = Transfer(object_id, outboard, path, fd, received,
+                            OrderedHasher(outboard, fd, received),
+                            early_writeback=folder is not None or not self.write_behind.enabled)
         self.transfers[object_id] = transfer
         progress.total = outboard.size
         already = sum(outboard.chunks[i].length for i in received)
@@ -338,7 +358,8 @@ class Fetcher:
                 if os.fstat(fd).st_size != outboard.size:
                     await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
                 await self._fill(transfer, sources, wait, progress, report)
-                delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to)
+                delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to,
+                                                          folder is not None)
             except OSError as exc:
                 raise storage_error(exc, f"writing {object_id} (partial data kept for a "
                                     "resume)") from exc
@@ -351,6 +372,13 @@ class Fetcher:
             del self.transfers[object_id]
             transfer.done.set()
             transfer.notify()
+        if self.write_behind.enabled:
+            if not delivered:
+                self.write_behind.submit(self.store.object_path(object_id), object_id)
+            elif folder is None:
+                assert deliver_to is not None
+                self.write_behind.submit(deliver_to)
+            # (a folder flushes its files itself before it renames them into place)
         report.finished()  # logs "fetched ID: N bytes in S s, R MB/s"
         return delivered
 
@@ -372,7 +400,9 @@ class Fetcher:
                 raise disk_errors[0]
         finally:
             with trio.CancelScope(shield=True), contextlib.suppress(OSError, StorageError):
-                await recorder.flush()
+                # With write-behind the unsynced rows are trusted within this boot and
+                # checked after a crash: no fdatasync on the way out.
+                await recorder.flush(sync=not self.write_behind.enabled)
 
     async def _fill_loop(self, transfer: Transfer, sources: list[_Source], wait: bool,
                          progress: ProgressCounter, missing: collections.deque[int],
@@ -470,7 +500,7 @@ class Fetcher:
             return "gone"
         data = reply.get("data")
         good = isinstance(data, bytes) and await trio.to_thread.run_sync(
-            _verify_and_write, transfer.fd, ref.offset, ref.length, ref.hash, data
+            _verify_and_write, transfer, index, ref.offset, ref.length, ref.hash, data
         )
         if not good:
             source.bad_chunks += 1
@@ -485,39 +515,42 @@ class Fetcher:
         recorder.add(index, ref.length)
         return "ok"
 
-    def _complete(self, transfer: Transfer, deliver_to: Path | None) -> bool:
-        """Check the whole object, fsync, rename it into place, forget the partial.
+    def _complete(self, transfer: Transfer, deliver_to: Path | None, for_folder: bool
+                  ) -> bool:
+        """Check the whole object, rename it into place, forget the partial.
 
-        Returns True when it went to ``deliver_to`` rather than into the store.
+        Without write-behind the file is fsynced first; with it, the caller queues it
+        (or, for a folder, the folder flushes it before renaming it).  Returns True
+        when it went to ``deliver_to`` rather than into the store.
         """
         object_id = transfer.object_id
         size = transfer.outboard.size
-        hasher = blake3.blake3(max_threads=blake3.blake3.AUTO)
-        window = 64 * 1024 * 1024
-        for offset in range(0, size, window):
-            hash_window(hasher, transfer.fd, offset, min(window, size - offset))
-        if hasher.hexdigest() != object_id:
+        if transfer.hasher.hexdigest() != object_id:
             # Every chunk matched the outboard, so the outboard itself lied: start over.
             self.index.call_sync(_drop_partial, object_id)
             remove_quietly(transfer.path)
             raise CorruptData(f"the chunk list for {object_id} did not add up to it; "
                               "fetch again")
-        os.fsync(transfer.fd)
+        boot = self.write_behind.boot_id
+        if boot is None:
+            os.fsync(transfer.fd)
         if deliver_to is not None and _same_fs(transfer.path, deliver_to.parent) and \
                 not deliver_to.is_dir():
             os.fchmod(transfer.fd, 0o644 & ~UMASK)
             os.rename(transfer.path, deliver_to)
-            fsync_dir(deliver_to.parent)
+            if boot is None and not for_folder:
+                fsync_dir(deliver_to.parent)
             self.index.call_sync(_drop_partial, object_id)
             return True
         final = self.store.object_path(object_id)
         final.parent.mkdir(mode=0o700, exist_ok=True)
         os.chmod(transfer.path, 0o444)
         os.rename(transfer.path, final)
-        fsync_dir(final.parent)
+        if boot is None:
+            fsync_dir(final.parent)
         now = time.time()
         self.index.call_sync(_finish_partial, object_id, size, now,
-                             transfer.outboard.encode())
+                             transfer.outboard.encode(), boot)
         return False
 
 
@@ -544,14 +577,18 @@ def _can_serve(missing: collections.deque[int], refused: dict[int, set[int]],
     return any(source_key not in refused.get(index, ()) for index in missing)
 
 
-def _verify_and_write(fd: int, offset: int, length: int, expected: bytes, data: bytes) -> bool:
+def _verify_and_write(transfer: Transfer, index: int, offset: int, length: int,
+                      expected: bytes, data: bytes) -> bool:
     if len(data) != length or blake3.blake3(data).digest() != expected:
         return False
+    fd = transfer.fd
     view = memoryview(data)
     written = 0
     while written < length:
         written += os.pwrite(fd, view[written:], offset + written)
-    start_writeback(fd, offset, length)  # so the periodic fdatasync finds little to do
+    if transfer.early_writeback:
+        start_writeback(fd, offset, length)  # so the final flush finds little to do
+    transfer.hasher.landed(index, data)
     return True
 
 
@@ -563,7 +600,9 @@ class _DurableRecorder:
     As soon as chunks land their rows are written with ``synced = 0`` (a WAL append).
     Every DURABLE_EVERY_BYTES or _SECONDS the partial file is fdatasync'ed and the rows
     written before that become ``synced = 1``.  At resume, synced chunks are trusted as
-    they are; the few unsynced ones (at most one batch) are checked by hash.
+    they are, and so are unsynced ones written in this same boot (a killed daemon
+    leaves them in the page cache); after a restart of the machine the few unsynced
+    ones (at most one batch) are checked by hash.
     """
 
     def __init__(self, index: Index, transfer: Transfer) -> None:
@@ -623,14 +662,16 @@ class _DurableRecorder:
             await trio.to_thread.run_sync(os.fdatasync, self.transfer.fd)
             await self.index.call(_mark_synced, self.transfer.object_id, batch)
 
-    async def flush(self) -> None:
+    async def flush(self, *, sync: bool = True) -> None:
         await self._write_rows()
-        await self._sync()
+        if sync:
+            await self._sync()
 
 
 def _load_partial(conn: sqlite3.Connection, object_id: str
-                  ) -> tuple[bytes, set[int], set[int]] | None:
-    row = conn.execute("SELECT outboard FROM partials WHERE object_id = ?",
+                  ) -> tuple[bytes, set[int], set[int], str | None] | None:
+    """(outboard, synced chunks, unsynced chunks, the boot they were written in)."""
+    row = conn.execute("SELECT outboard, boot_id FROM partials WHERE object_id = ?",
                        (object_id,)).fetchone()
     if row is None:
         return None
@@ -639,7 +680,12 @@ def _load_partial(conn: sqlite3.Connection, object_id: str
     for idx, flag in conn.execute(
             "SELECT idx, synced FROM partial_chunks WHERE object_id = ?", (object_id,)):
         (synced if flag else unsynced).add(idx)
-    return bytes(row[0]), synced, unsynced
+    return bytes(row[0]), synced, unsynced, row[1]
+
+
+def _set_partial_boot(conn: sqlite3.Connection, object_id: str, boot: str | None) -> None:
+    with conn:
+        conn.execute("UPDATE partials SET boot_id = ? WHERE object_id = ?", (boot, object_id))
 
 
 def _check_unsynced(path: Path, outboard: Outboard, chunks: set[int]) -> set[int]:
@@ -672,11 +718,11 @@ def _mark_synced(conn: sqlite3.Connection, object_id: str, chunks: list[int]) ->
 
 
 def _start_partial(conn: sqlite3.Connection, object_id: str, size: int, outboard: bytes,
-                   folder: str | None) -> None:
+                   folder: str | None, boot: str | None) -> None:
     with conn:
         conn.execute("INSERT OR REPLACE INTO partials (object_id, size, outboard, started, "
-                     "folder) VALUES (?, ?, ?, ?, ?)",
-                     (object_id, size, outboard, time.time(), folder))
+                     "folder, boot_id) VALUES (?, ?, ?, ?, ?, ?)",
+                     (object_id, size, outboard, time.time(), folder, boot))
         conn.execute("DELETE FROM partial_chunks WHERE object_id = ?", (object_id,))
 
 
@@ -693,8 +739,10 @@ def _drop_partial(conn: sqlite3.Connection, object_id: str) -> None:
 
 
 def _finish_partial(conn: sqlite3.Connection, object_id: str, size: int, now: float,
-                    outboard: bytes) -> None:
+                    outboard: bytes, boot: str | None) -> None:
     with conn:
+        if boot is not None:
+            record_unsynced(conn, object_id, boot)
         conn.execute("INSERT OR IGNORE INTO objects (id, kind, size, created) "
                      "VALUES (?, 'blob', ?, ?)", (object_id, size, now))
         conn.execute("INSERT OR REPLACE INTO outboards (object_id, data) VALUES (?, ?)",

@@ -103,12 +103,25 @@ STATEMENTS += [
 ]
 
 
+STATEMENTS += [
+    # Objects renamed into the store before their bytes were fsynced (see
+    # write_behind.py), with the boot they were written in.
+    """CREATE TABLE IF NOT EXISTS unsynced_objects (
+        object_id TEXT PRIMARY KEY,
+        boot_id TEXT NOT NULL
+    ) WITHOUT ROWID""",
+]
+
+
 #: columns added after a table first shipped: (table, column, definition)
 ADDED_COLUMNS: list[tuple[str, str, str]] = [
     ("partial_chunks", "synced", "INTEGER NOT NULL DEFAULT 0"),
     # the shared folder a transfer was started for (NULL: a `get`); a folder's
     # partials are dropped once it no longer needs them (a newer version replaced it)
     ("partials", "folder", "TEXT"),
+    # the boot its unsynced chunks were written in: the same boot at resume means a
+    # killed daemon, not a crashed machine, and they are trusted without rehashing
+    ("partials", "boot_id", "TEXT"),
 ]
 
 

@@ -30,6 +30,7 @@ from .pairing_service import PairingService
 from .peers import PeerManager
 from .store import ObjectStore
 from .trust import TrustStore
+from .write_behind import WriteBehind, read_boot_id
 
 log = logging.getLogger("dizzy.daemon")
 
@@ -89,7 +90,10 @@ async def serve_daemon(
             api_store.register(api, ctx)
             api_peers.register(api, ctx, trust, peers, pairing)
             outboards = Outboards(store)
-            fetcher = Fetcher(home, index, store, outboards, peers, events=bus)
+            write_behind = WriteBehind(index, home.objects, read_boot_id())
+            await write_behind.recover()  # before anything is served from the store
+            fetcher = Fetcher(home, index, store, outboards, peers, events=bus,
+                              write_behind=write_behind)
             folders = FolderManager(index, home.root, identity, trust, peers, store, fetcher,
                                     events=bus)
             outboards.locate = folders.sync_find_object
@@ -102,6 +106,8 @@ async def serve_daemon(
                                    stale=folders.rehash_object)
             ctx.services["outboards"] = outboards
             ctx.services["fetcher"] = fetcher
+            ctx.services["write_behind"] = write_behind
+            await nursery.start(write_behind.serve)
             await nursery.start(peers.serve)
             await nursery.start(folders.serve)
             nursery.start_soon(fetcher.resume_all)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
 import stat
 import subprocess
 import time
@@ -304,6 +305,65 @@ def test_receiver_killed_mid_transfer_resumes(tmp_path: Path) -> None:
         assert resumed, full_log(b)[-3000:]
         assert int(resumed[0][0]) == recorded
         report_rates(b)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(60)
+def test_resume_after_the_machine_restarted_checks_what_was_not_flushed(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within one boot a killed receiver trusts every chunk it recorded (the page cache
+    kept them); after a restart of the machine it checks the ones it had recorded but
+    not yet flushed, and fetches again what a crash damaged."""
+    size = 64 * MB
+    monkeypatch.setenv("DIZZY_TEST_BOOT_ID", "boot-before-the-crash")
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        a_id = a.device_id()
+        src = make_random_file(tmp_path / "src.bin", size, seed=b"machine-restart")
+        object_id = put(a, src)
+        chunked(a, object_id)
+        out = tmp_path / "out.bin"
+        getter = popen_cli(b.home, "get", object_id, "-o", str(out), "--timeout", "40")
+        try:
+            wait_rows(b, object_id, 10, getter)
+            assert b.daemon is not None
+            b.daemon.kill9()
+            finish(getter, 15)
+        finally:
+            if getter.poll() is None:
+                getter.kill()
+                getter.communicate()
+        # What a power cut can do to a chunk that was written but not yet flushed:
+        # its record says unsynced, its bytes on disk are zeros.
+        from dizzy.protocol.outboard import Outboard
+
+        conn = sqlite3.connect(b.home / "index.sqlite")
+        try:
+            (data,) = conn.execute("SELECT outboard FROM partials WHERE object_id = ?",
+                                   (object_id,)).fetchone()
+            recorded = sorted(i for (i,) in conn.execute(
+                "SELECT idx FROM partial_chunks WHERE object_id = ?", (object_id,)))
+            damaged = recorded[len(recorded) // 2]
+            with conn:
+                conn.execute("UPDATE partial_chunks SET synced = 0 WHERE object_id = ? "
+                             "AND idx = ?", (object_id, damaged))
+        finally:
+            conn.close()
+        ref = Outboard.decode(bytes(data), expected_object_id=object_id).chunks[damaged]
+        with open(b.home / "partial" / object_id, "r+b") as f:
+            f.seek(ref.offset)
+            f.write(b"\x00" * ref.length)
+
+        monkeypatch.setenv("DIZZY_TEST_BOOT_ID", "boot-after-the-crash")
+        b.start()
+        wait_until(lambda: b.sees_online(a_id), RECONNECT_TIMEOUT, "B to see A online again")
+        proc = b.cli("get", object_id, "-o", str(out), "--wait", "--timeout", "40", timeout=50)
+        ok(proc, a, b)
+        assert file_blake3(out) == object_id
+        resumed = re.findall(rf"resuming {object_id}: (\d+) of (\d+) chunks already here",
+                             full_log(b))
+        assert resumed, full_log(b)[-3000:]
+        assert int(resumed[-1][0]) == len(recorded) - 1, "the damaged chunk was trusted"
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class Transfer:
     error: DizzyError | None = None
     #: bytes of the object on disk so far (received now or before a restart)
     done_bytes: int = 0
+    #: one chunk written at a time: the file system serialises writes to one file
+    #: anyway (the inode lock), and writers queued here sleep instead of spinning on it
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def notify(self) -> None:
         self.landed.set()
@@ -584,8 +588,9 @@ def _verify_and_write(transfer: Transfer, index: int, offset: int, length: int,
     fd = transfer.fd
     view = memoryview(data)
     written = 0
-    while written < length:
-        written += os.pwrite(fd, view[written:], offset + written)
+    with transfer.write_lock:
+        while written < length:
+            written += os.pwrite(fd, view[written:], offset + written)
     if transfer.early_writeback:
         start_writeback(fd, offset, length)  # so the final flush finds little to do
     transfer.hasher.landed(index, data)

@@ -90,10 +90,14 @@ def register(peers: PeerManager, store: ObjectStore, outboards: Outboards,
         if not 0 <= index < len(ob.chunks):
             raise UsageError(f"chunk {index} is outside object {object_id[:16]}...")
         ref = ob.chunks[index]
-        path = await trio.to_thread.run_sync(source_path, object_id)
-        # the store's own files are checked by the receiver alone (one hash per chunk)
-        check = None if path == store.object_path(object_id) else ref.hash
-        data = await trio.to_thread.run_sync(_pread, path, ref.offset, ref.length, check)
+
+        def read() -> bytes | None:  # one trip to a thread per chunk, not two
+            path = source_path(object_id)
+            # the store's own files are checked by the receiver alone (one hash a chunk)
+            check = None if path == store.object_path(object_id) else ref.hash
+            return _pread(path, ref.offset, ref.length, check)
+
+        data = await trio.to_thread.run_sync(read)
         if data is None:
             await refuse_stale(object_id)
         if len(data) != ref.length:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+from collections.abc import Iterable
 from typing import Any
 
 import trio
@@ -20,6 +21,11 @@ import trio
 TRANSPORT_RECEIVE_SIZE = 256 * 1024
 #: default plaintext returned per receive_some
 DEFAULT_RECEIVE_SIZE = 1024 * 1024
+#: plaintext in one TLS record at most: asking ssl for more per read only makes it
+#: allocate (and shrink) a larger buffer for the 16 KiB it returns
+TLS_RECORD_MAX = 16 * 1024
+#: plaintext encrypted per step of a large write (see send_parts)
+ENCRYPT_STEP = 256 * 1024
 
 
 class TlsStream(trio.abc.Stream):
@@ -95,6 +101,13 @@ class TlsStream(trio.abc.Stream):
         return self._ssl.version()
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        parts = await self.receive_parts(max_bytes)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    async def receive_parts(self, max_bytes: int | None = None) -> list[bytes]:
+        """Like ``receive_some``, as the decrypted records themselves: a caller that
+        buffers them anyway (a frame decoder) is spared joining them into one copy.
+        ``[b""]`` at the end of the stream."""
         self._check_open()
         limit = max_bytes or DEFAULT_RECEIVE_SIZE
         while True:
@@ -103,7 +116,7 @@ class TlsStream(trio.abc.Stream):
             clean_eof = False
             try:
                 while got < limit:
-                    part = self._ssl.read(limit - got)
+                    part = self._ssl.read(min(limit - got, TLS_RECORD_MAX))
                     if not part:
                         clean_eof = True
                         break
@@ -115,26 +128,39 @@ class TlsStream(trio.abc.Stream):
                 clean_eof = True
             except (ssl.SSLError, OSError) as exc:
                 if self._transport_eof and not parts:
-                    return b""  # the peer vanished without close_notify: EOF all the same
+                    return [b""]  # the peer vanished without close_notify: EOF all the same
                 raise trio.BrokenResourceError(str(exc)) from exc
             if self._outgoing.pending:
                 await self._flush()  # key updates and the like need an answer
             if parts:
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+                return parts
             if clean_eof or self._transport_eof:
-                return b""
+                return [b""]
             await self._fill()
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.send_parts((data,))
+
+    async def send_parts(self, parts: Iterable[bytes | bytearray | memoryview]) -> None:
+        """Send the parts in order, as one write: no other write comes between them.
+
+        A large part is encrypted ENCRYPT_STEP at a time and each step's records go
+        to the socket at once, so the peer starts receiving while the rest is being
+        encrypted, and the outgoing buffer never holds a whole chunk.
+        """
         self._check_open()
         async with self._send_lock:
-            try:
-                self._ssl.write(data)
-            except (ssl.SSLError, OSError) as exc:
-                raise trio.BrokenResourceError(str(exc)) from exc
-            out = self._outgoing.read()
-            if out:
-                await self.transport_stream.send_all(out)
+            for part in parts:
+                view = memoryview(part)
+                for start in range(0, len(view), ENCRYPT_STEP):
+                    try:
+                        self._ssl.write(view[start : start + ENCRYPT_STEP])
+                    except (ssl.SSLError, OSError) as exc:
+                        raise trio.BrokenResourceError(str(exc)) from exc
+                    if self._outgoing.pending >= ENCRYPT_STEP:
+                        await self.transport_stream.send_all(self._outgoing.read())
+            if self._outgoing.pending:
+                await self.transport_stream.send_all(self._outgoing.read())
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.transport_stream.wait_send_all_might_not_block()

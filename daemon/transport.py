@@ -55,9 +55,6 @@ HANDSHAKE_TIMEOUT: Final = 10.0
 #: Bytes asked of the TLS stream per read: large, so a 1 MiB chunk takes few trips
 #: through trio.  (TlsStream decrypts every record a socket read brought in one go.)
 RECEIVE_SIZE: Final = 1024 * 1024
-#: Plaintext per TLS write: TlsStream encrypts a whole write in one call, so a chunk
-#: reply (<= 4 MiB) goes out whole; larger messages are still sliced.
-SEND_SLICE: Final = 4 * 1024 * 1024 + 64 * 1024
 #: Politeness budget for close_notify; a peer that does not read gets a hard close.
 CLOSE_TIMEOUT: Final = 2.0
 #: A ping every 30 s costs nothing and keeps NAT and firewall state alive.
@@ -258,13 +255,7 @@ class PeerConnection:
     async def send(self, message: PeerMessage) -> None:
         """Send one message; ``LocalProtocolError`` if the session forbids it."""
         async with self._send_lock:
-            data = self.session.send(message)
-            if len(data) <= SEND_SLICE:
-                await self._stream.send_all(data)
-                return
-            view = memoryview(data)
-            for start in range(0, len(view), SEND_SLICE):
-                await self._stream.send_all(view[start : start + SEND_SLICE])
+            await self._stream.send_parts(self.session.send_parts(message))
 
     async def receive(self) -> PeerMessage:
         """The next message from the peer (pings and pongs are handled here).
@@ -283,13 +274,14 @@ class PeerConnection:
                 raise
             if event is NEED_DATA:
                 try:
-                    data = await self._stream.receive_some(RECEIVE_SIZE)
+                    parts = await self._stream.receive_parts(RECEIVE_SIZE)
                 except trio.ClosedResourceError:
                     if self._cut_reason is not None:
                         raise TimedOut(self._cut_reason) from None
                     raise
                 self._last_heard = trio.current_time()
-                self.session.receive_data(data)
+                for part in parts:
+                    self.session.receive_data(part)
             elif event is EOF:
                 raise trio.EndOfChannel
             elif isinstance(event, Ping):

@@ -9,6 +9,7 @@ announcing a 4 GiB frame costs us four bytes, not four gigabytes.
 
 from __future__ import annotations
 
+import collections
 import struct
 from typing import Any, Final
 
@@ -79,14 +80,84 @@ def encode_frame(value: Any, max_size: int = CONTROL_MAX_FRAME) -> bytes:
     return HEADER.pack(len(body)) + body
 
 
+#: bytes values at least this large are not copied into the encoding by
+#: ``encode_frame_parts``: a chunk reply's data goes to the socket as it is
+LARGE_BYTES: Final = 64 * 1024
+
+
+def encode_frame_parts(value: Any, max_size: int = CONTROL_MAX_FRAME
+                       ) -> list[bytes | memoryview]:
+    """The bytes of ``encode_frame(value)``, as parts whose concatenation equals it.
+
+    Large ``bytes`` values inside ``value`` come back as parts of their own, by
+    reference: sending a 1 MiB chunk costs no copy into a msgpack buffer and none into
+    a frame.  Values without one are encoded by ``encode_frame`` in one part.
+    """
+    if not _has_large_bytes(value, 3):
+        return [encode_frame(value, max_size)]
+    parts: list[bytes | memoryview] = []
+    pending = bytearray()
+    _pack_parts(value, msgpack.Packer(use_bin_type=True), pending, parts)
+    if pending:
+        parts.append(bytes(pending))
+    size = sum(len(part) for part in parts)
+    if size > max_size:
+        raise LocalProtocolError(f"frame of {size} bytes exceeds limit {max_size}")
+    # (the first part is always the small envelope before a large value)
+    return [HEADER.pack(size) + parts[0], *parts[1:]]
+
+
+def _has_large_bytes(value: Any, depth: int) -> bool:
+    if isinstance(value, bytes):
+        return len(value) >= LARGE_BYTES
+    if depth and isinstance(value, dict):
+        return any(_has_large_bytes(v, depth - 1) for v in value.values())
+    if depth and isinstance(value, list | tuple):
+        return any(_has_large_bytes(v, depth - 1) for v in value)
+    return False
+
+
+def _pack_parts(value: Any, packer: msgpack.Packer, pending: bytearray,
+                parts: list[bytes | memoryview]) -> None:
+    # The same bytes msgpack.packb(use_bin_type=True) writes: containers' headers
+    # from the packer, a large bin's header by hand (bin 8/16/32, the smallest that
+    # fits, as msgpack chooses), its body by reference.
+    if isinstance(value, bytes) and len(value) >= LARGE_BYTES:
+        n = len(value)
+        pending += (b"\xc5" + n.to_bytes(2, "big")) if n < 1 << 16 else \
+            (b"\xc6" + n.to_bytes(4, "big"))
+        parts.append(bytes(pending))
+        pending.clear()
+        parts.append(value)
+    elif isinstance(value, dict):
+        pending += packer.pack_map_header(len(value))
+        for key, item in value.items():
+            pending += packer.pack(key)
+            _pack_parts(item, packer, pending, parts)
+    elif isinstance(value, list | tuple):
+        pending += packer.pack_array_header(len(value))
+        for item in value:
+            _pack_parts(item, packer, pending, parts)
+    else:
+        pending += packer.pack(value)
+
+
 class FrameDecoder:
-    """Incremental decoder of length-prefixed msgpack frames."""
+    """Incremental decoder of length-prefixed msgpack frames.
+
+    Received data is kept as the caller's own ``bytes`` objects (a list of segments),
+    not appended to one growing buffer: a 1 MiB chunk reply that arrives in a few
+    reads is copied once, into its frame's body, instead of once on every append and
+    again whenever the buffer compacts.  A frame that lies inside one segment is
+    decoded straight from it, with no copy at all.
+    """
 
     def __init__(self, max_size: int = CONTROL_MAX_FRAME) -> None:
         self.max_size = max_size
         #: body size of the frame ``next_frame`` returned last (callers bound by kind)
         self.last_frame_size = 0
-        self._buf = bytearray()
+        self._segments: collections.deque[memoryview] = collections.deque()
+        self._buffered = 0
         self._eof = False
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
@@ -95,11 +166,14 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        self._buf += data
+        # Keep bytes as they are (immutable); copy anything the caller may reuse.
+        view = memoryview(data if isinstance(data, bytes) else bytes(data))
+        self._segments.append(view)
+        self._buffered += len(view)
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return self._buffered
 
     def next_frame(self) -> Any:
         """The next decoded value, ``NEED_DATA``, or ``EOF``.
@@ -107,29 +181,60 @@ class FrameDecoder:
         Raises ``FrameTooLarge`` or ``RemoteProtocolError`` on a bad frame; after
         that the stream is out of sync and the connection must be dropped.
         """
-        buf = self._buf
-        if len(buf) < HEADER.size:
+        if self._buffered < HEADER.size:
             if self._eof:
-                if buf:
+                if self._buffered:
                     raise RemoteProtocolError("stream ended inside a frame header")
                 return EOF
             return NEED_DATA
-        (length,) = HEADER.unpack_from(buf)
+        (length,) = HEADER.unpack(self._peek(HEADER.size))
         if length > self.max_size:
             raise FrameTooLarge(f"frame of {length} bytes exceeds limit {self.max_size}")
-        end = HEADER.size + length
-        if len(buf) < end:
+        if self._buffered < HEADER.size + length:
             if self._eof:
                 raise RemoteProtocolError("stream ended inside a frame body")
             return NEED_DATA
-        # Unpack straight from the buffer (msgpack copies what it keeps), then drop
-        # the frame: one copy of a 1 MiB chunk fewer than slicing it out first.
-        with memoryview(buf) as view:
-            body = view[HEADER.size : end]
-            try:
-                value = _unpack(body)
-            finally:
+        self._take(HEADER.size)
+        body = self._take(length)
+        try:
+            value = _unpack(body)  # msgpack copies what it keeps
+        finally:
+            if isinstance(body, memoryview):
                 body.release()
-        del buf[:end]
         self.last_frame_size = length
         return value
+
+    def _peek(self, size: int) -> bytes:
+        first = self._segments[0]
+        if len(first) >= size:
+            return bytes(first[:size])
+        out = bytearray()
+        for segment in self._segments:
+            out += segment[: size - len(out)]
+            if len(out) == size:
+                break
+        return bytes(out)
+
+    def _take(self, size: int) -> memoryview | bytes:
+        """The next ``size`` buffered bytes: a view when one segment holds them all."""
+        segments = self._segments
+        self._buffered -= size
+        first = segments[0]
+        if len(first) >= size:
+            if len(first) == size:
+                segments.popleft()
+            else:
+                segments[0] = first[size:]
+            return first[:size]
+        pieces: list[memoryview] = []
+        left = size
+        while left:
+            segment = segments[0]
+            if len(segment) <= left:
+                pieces.append(segments.popleft())
+                left -= len(segment)
+            else:
+                pieces.append(segment[:left])
+                segments[0] = segment[left:]
+                left = 0
+        return b"".join(pieces)  # one copy, and no zero-filling first

@@ -29,7 +29,7 @@ from .framing import (
     FrameDecoder,
     _Eof,
     _NeedData,
-    encode_frame,
+    encode_frame_parts,
 )
 from .ids import DeviceId
 
@@ -469,6 +469,11 @@ class PeerSession:
 
     def send(self, message: PeerMessage) -> bytes:
         """The bytes that carry ``message``; raises ``LocalProtocolError`` if forbidden."""
+        return b"".join(self.send_parts(message))
+
+    def send_parts(self, message: PeerMessage) -> list[bytes | memoryview]:
+        """Like ``send``, as parts to write in order: a chunk's data is passed by
+        reference (see ``encode_frame_parts``), not copied into one frame."""
         if not isinstance(message, PeerMessage):
             raise LocalProtocolError(f"not a peer message: {message!r:.80}")
         phase = _transition(self._our_phase, message, LocalProtocolError)
@@ -481,10 +486,11 @@ class PeerSession:
                 )
         elif isinstance(message, Response | ErrorResponse) and message.id not in self._serving:
             raise LocalProtocolError(f"no request {message.id} from the peer to answer")
-        data = encode_frame(message.to_wire(), PEER_MAX_FRAME)
-        if isinstance(message, Request | Notice) and len(data) - 4 > MAX_REQUEST_FRAME:
+        parts = encode_frame_parts(message.to_wire(), PEER_MAX_FRAME)
+        size = sum(len(part) for part in parts) - 4
+        if isinstance(message, Request | Notice) and size > MAX_REQUEST_FRAME:
             raise LocalProtocolError(
-                f"a {type(message).__name__.lower()} of {len(data) - 4} bytes exceeds "
+                f"a {type(message).__name__.lower()} of {size} bytes exceeds "
                 f"the limit {MAX_REQUEST_FRAME}"
             )
         # Commit state only once encoding succeeded, so a too-large frame leaves the
@@ -494,7 +500,7 @@ class PeerSession:
             self._awaiting.add(message.id)
         elif isinstance(message, Response | ErrorResponse):
             self._serving.remove(message.id)
-        return data
+        return parts
 
 
 def _transition(

@@ -11,7 +11,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dizzy.protocol.errors import FrameTooLarge, LocalProtocolError, RemoteProtocolError
-from dizzy.protocol.framing import EOF, NEED_DATA, FrameDecoder, encode_frame
+from dizzy.protocol.framing import (
+    EOF,
+    LARGE_BYTES,
+    NEED_DATA,
+    PEER_MAX_FRAME,
+    FrameDecoder,
+    encode_frame,
+    encode_frame_parts,
+)
 
 # Golden vector: the exact bytes of one frame, so the wire format cannot drift.
 GOLDEN_VALUE = {"t": "req", "v": 1, "m": "status", "p": {}}
@@ -132,3 +140,60 @@ def test_garbage_never_crashes(garbage: bytes) -> None:
 
 def test_msgpack_golden_matches_library() -> None:
     assert GOLDEN_FRAME[4:] == msgpack.packb(GOLDEN_VALUE, use_bin_type=True)
+
+
+# -- encode_frame_parts: the same bytes as encode_frame, large values by reference ------
+
+_LARGE = LARGE_BYTES
+
+
+@pytest.mark.parametrize("value", [
+    {"t": "res", "i": 7, "b": {"data": b"\x01" * _LARGE}},
+    {"t": "res", "i": 7, "b": {"data": b"\x02" * (_LARGE + 1), "n": 3}},
+    {"t": "res", "i": 1, "b": {"data": b"\x03" * (1 << 16)}},  # bin 32 from here
+    {"t": "res", "i": 1, "b": {"data": b"\x04" * ((1 << 16) - 1)}},  # the last bin 16
+    [b"\x05" * _LARGE, "x", b"\x06" * (_LARGE * 3), {"k": [1, 2.5, None, True]}],
+    {"small": b"abc", "n": -1},
+])
+def test_parts_concatenate_to_encode_frame(value: object) -> None:
+    parts = encode_frame_parts(value, PEER_MAX_FRAME)
+    assert b"".join(parts) == encode_frame(value, PEER_MAX_FRAME)
+
+
+def test_parts_pass_large_bytes_by_reference() -> None:
+    data = bytes(range(256)) * 4096  # 1 MiB
+    parts = encode_frame_parts({"t": "res", "i": 3, "b": {"data": data}}, PEER_MAX_FRAME)
+    assert any(part is data for part in parts)
+
+
+def test_parts_enforce_the_frame_limit() -> None:
+    with pytest.raises(LocalProtocolError):
+        encode_frame_parts({"data": b"\0" * (_LARGE * 2)}, max_size=_LARGE)
+
+
+@given(st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=20)
+    | st.binary(max_size=40) | st.sampled_from([b"\x07" * _LARGE, b"\x08" * (1 << 16)]),
+    lambda inner: st.lists(inner, max_size=4)
+    | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+))
+def test_parts_match_encode_frame_on_any_value(value: object) -> None:
+    assert b"".join(encode_frame_parts(value, PEER_MAX_FRAME)) == \
+        encode_frame(value, PEER_MAX_FRAME)
+
+
+def test_decoder_segments_frames_split_anywhere() -> None:
+    # One large frame and small ones, fed in uneven reads that straddle headers and
+    # bodies: the segment list must hand back every value intact.
+    big = {"t": "res", "i": 1, "b": {"data": bytes(range(256)) * 1000}}
+    stream = b"".join([encode_frame("a"), encode_frame(big, PEER_MAX_FRAME),
+                       encode_frame([1, 2]), encode_frame(big, PEER_MAX_FRAME)])
+    for step in (1, 3, 4096, 65537, 300000):
+        d = FrameDecoder(PEER_MAX_FRAME)
+        got: list[object] = []
+        for start in range(0, len(stream), step):
+            d.receive_data(stream[start : start + step])
+            got.extend(drain(d))
+        assert got == ["a", big, [1, 2], big]
+        assert d.buffered == 0

@@ -477,21 +477,12 @@ class Applier:
         return failed + self.flush_failures
 
     def _target(self, relpath: str) -> Path:
-        parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
-        path = self.root.joinpath(*parts)
-        # Every ancestor must be a real directory inside the folder (never a symlink).
-        current = self.root
-        for part in parts[:-1]:
-            current = current / part
-            try:
-                st = os.lstat(current)
-            except FileNotFoundError:
-                os.mkdir(current, 0o755)
-                self._record(current)
-                continue
-            if not stat.S_ISDIR(st.st_mode):
-                raise UsageError(f"{relpath}: {current} is not a directory")
-        return path
+        made: list[Path] = []
+        try:
+            return _checked_target(self.root, relpath, made)
+        finally:
+            for directory in made:
+                self._record(directory)
 
     def _unchanged(self, relpath: str, path: Path) -> bool:
         """The path is still as the last scan saw it (or absent, as it saw)."""
@@ -636,17 +627,14 @@ class Applier:
 
     async def _fetch_small_batch(self, batch: list[Fetch], one: Any) -> list[Fetch]:
         """Fetch small files together; returns the actions left to do one by one."""
-        prepared: list[tuple[Fetch, Path, Path]] = []  # (action, temp, final)
-        for action in batch:
-            try:
-                path = self._target(action.path)
-                if not self._unchanged(action.path, path):
-                    raise UsageError(f"{action.path} changed here while syncing; "
-                                     "rescanning first")
-            except (DizzyError, OSError):
-                await one(action)  # counts and logs the failure like any other
-                continue
-            prepared.append((action, temp_name_beside(path), path))
+        # The checks cost a few system calls a file: in a worker thread, one trip per
+        # batch, so the trio thread keeps the network moving meanwhile.
+        made: list[Path] = []
+        prepared, refused = await trio.to_thread.run_sync(self._prepare_batch, batch, made)
+        for directory in made:
+            self._record(directory)
+        for action in refused:
+            await one(action)  # counts and logs the failure like any other
         queued: set[Path] = set()
         try:
             written = await self.obtain_small_batch(
@@ -667,6 +655,25 @@ class Applier:
             await self._flush()
         return [a for a, tmp, _ in prepared if tmp not in queued]
 
+    def _prepare_batch(self, batch: list[Fetch], made: list[Path]
+                       ) -> tuple[list[tuple[Fetch, Path, Path]], list[Fetch]]:
+        """(action, temp, final) for each file of ``batch`` that may be written, and
+        the refused actions.  A worker thread: directories it creates go to ``made``
+        for the trio thread to record."""
+        prepared: list[tuple[Fetch, Path, Path]] = []
+        refused: list[Fetch] = []
+        for action in batch:
+            try:
+                path = _checked_target(self.root, action.path, made)
+                if not self._unchanged(action.path, path):
+                    raise UsageError(f"{action.path} changed here while syncing; "
+                                     "rescanning first")
+            except (DizzyError, OSError):
+                refused.append(action)
+                continue
+            prepared.append((action, temp_name_beside(path), path))
+        return prepared, refused
+
     async def _flush(self) -> None:
         """Make every finished temp file durable at once, then rename each into place."""
         async with self._flush_lock:
@@ -674,30 +681,46 @@ class Applier:
             if not batch:
                 return
             await trio.to_thread.run_sync(_sync_file_system, self.root)
-            for tmp, path, action in batch:
-                if not self._unchanged(action.path, path):
-                    remove_quietly(tmp)
+            outcomes = await trio.to_thread.run_sync(self._rename_batch, batch)
+            for (_tmp, path, action), outcome in zip(batch, outcomes, strict=True):
+                if isinstance(outcome, os.stat_result):
+                    self._record(path, object_id=action.entry.object_id,
+                                 version=action.entry.version, st=outcome)
+                    self.dirs_to_sync.add(path.parent)
+                elif outcome is None:
                     log.warning("folder %s: %s changed here while syncing; kept as is",
                                 self.state.folder, action.path)
-                    continue
-                try:
-                    # The temp file's own stat, taken before the rename: a program
-                    # may write into the file the moment it has its final name, and
-                    # a stat taken after would record that edit as our content
-                    # (the scanner would then never see it, and it would be lost).
-                    st = os.lstat(tmp)
-                    os.rename(tmp, path)
-                    self._record(path, object_id=action.entry.object_id,
-                                 version=action.entry.version, st=st)
-                except OSError as exc:
-                    # Its directory was renamed or deleted here meanwhile.  One file's
-                    # failure must not strand the rest of the batch as temp files.
-                    remove_quietly(tmp)
+                else:
                     self.flush_failures += 1
                     log.warning("folder %s: Fetch %s failed: %s", self.state.folder,
-                                action.path, exc)
-                    continue
-                self.dirs_to_sync.add(path.parent)
+                                action.path, outcome)
+
+    def _rename_batch(self, batch: list[tuple[Path, Path, Fetch]]
+                      ) -> list[os.stat_result | OSError | None]:
+        """Rename each temp file into place (a worker thread): its stat when it was
+        renamed, None when the destination changed here meanwhile (the temp file is
+        dropped), or the OSError that stopped it."""
+        outcomes: list[os.stat_result | OSError | None] = []
+        for tmp, path, action in batch:
+            if not self._unchanged(action.path, path):
+                remove_quietly(tmp)
+                outcomes.append(None)
+                continue
+            try:
+                # The temp file's own stat, taken before the rename: a program may
+                # write into the file the moment it has its final name, and a stat
+                # taken after would record that edit as our content (the scanner
+                # would then never see it, and it would be lost).
+                st = os.lstat(tmp)
+                os.rename(tmp, path)
+            except OSError as exc:
+                # Its directory was renamed or deleted here meanwhile.  One file's
+                # failure must not strand the rest of the batch as temp files.
+                remove_quietly(tmp)
+                outcomes.append(exc)
+                continue
+            outcomes.append(st)
+        return outcomes
 
 
 def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:
@@ -732,6 +755,26 @@ def _finish_files(items: list[tuple[Path, int, int]]) -> set[Path]:
             continue
         done.add(path)
     return done
+
+
+def _checked_target(root: Path, relpath: str, made: list[Path]) -> Path:
+    """Where ``relpath`` (from a peer: untrusted) goes under ``root``; creates missing
+    parent directories (appended to ``made``).  Blocking; any thread."""
+    parts = validate_relpath(relpath)  # no "..", no absolute, no NUL
+    path = root.joinpath(*parts)
+    # Every ancestor must be a real directory inside the folder (never a symlink).
+    current = root
+    for part in parts[:-1]:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            os.mkdir(current, 0o755)
+            made.append(current)
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            raise UsageError(f"{relpath}: {current} is not a directory")
+    return path
 
 
 def _load_syncfs() -> Any:

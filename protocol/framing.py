@@ -142,6 +142,12 @@ def _pack_parts(value: Any, packer: msgpack.Packer, pending: bytearray,
         pending += packer.pack(value)
 
 
+#: received pieces smaller than this are appended to a buffer, not kept as segments
+#: of their own: a peer trickling a frame in tiny TLS records must not cost us a
+#: segment (~200 bytes of bookkeeping) per byte
+SEGMENT_MIN: Final = 4096
+
+
 class FrameDecoder:
     """Incremental decoder of length-prefixed msgpack frames.
 
@@ -149,14 +155,17 @@ class FrameDecoder:
     not appended to one growing buffer: a 1 MiB chunk reply that arrives in a few
     reads is copied once, into its frame's body, instead of once on every append and
     again whenever the buffer compacts.  A frame that lies inside one segment is
-    decoded straight from it, with no copy at all.
+    decoded straight from it, with no copy at all.  Small pieces are gathered in a
+    ``bytearray`` segment (see SEGMENT_MIN).
     """
 
     def __init__(self, max_size: int = CONTROL_MAX_FRAME) -> None:
         self.max_size = max_size
         #: body size of the frame ``next_frame`` returned last (callers bound by kind)
         self.last_frame_size = 0
-        self._segments: collections.deque[memoryview] = collections.deque()
+        #: views of received ``bytes``, and bytearrays that gather small pieces (no
+        #: view of a bytearray outlives a call, so it may grow and shrink)
+        self._segments: collections.deque[memoryview | bytearray] = collections.deque()
         self._buffered = 0
         self._eof = False
 
@@ -166,10 +175,16 @@ class FrameDecoder:
         if not data:
             self._eof = True
             return
-        # Keep bytes as they are (immutable); copy anything the caller may reuse.
-        view = memoryview(data if isinstance(data, bytes) else bytes(data))
-        self._segments.append(view)
-        self._buffered += len(view)
+        segments = self._segments
+        if len(data) < SEGMENT_MIN:
+            if segments and isinstance(segments[-1], bytearray):
+                segments[-1] += data
+            else:
+                segments.append(bytearray(data))
+        else:
+            # Keep bytes as they are (immutable); copy what the caller may reuse.
+            segments.append(memoryview(data if isinstance(data, bytes) else bytes(data)))
+        self._buffered += len(data)
 
     @property
     def buffered(self) -> int:
@@ -205,9 +220,6 @@ class FrameDecoder:
         return value
 
     def _peek(self, size: int) -> bytes:
-        first = self._segments[0]
-        if len(first) >= size:
-            return bytes(first[:size])
         out = bytearray()
         for segment in self._segments:
             out += segment[: size - len(out)]
@@ -216,25 +228,29 @@ class FrameDecoder:
         return bytes(out)
 
     def _take(self, size: int) -> memoryview | bytes:
-        """The next ``size`` buffered bytes: a view when one segment holds them all."""
+        """The next ``size`` buffered bytes: a view when one ``bytes`` holds them all."""
         segments = self._segments
         self._buffered -= size
-        first = segments[0]
-        if len(first) >= size:
-            if len(first) == size:
-                segments.popleft()
-            else:
-                segments[0] = first[size:]
-            return first[:size]
-        pieces: list[memoryview] = []
+        pieces: list[memoryview | bytes] = []
         left = size
         while left:
             segment = segments[0]
-            if len(segment) <= left:
-                pieces.append(segments.popleft())
-                left -= len(segment)
+            if isinstance(segment, bytearray):
+                n = min(left, len(segment))
+                pieces.append(bytes(segment[:n]))
+                if n == len(segment):
+                    segments.popleft()
+                else:
+                    del segment[:n]  # cheap at the front of a bytearray
+            elif len(segment) <= left:
+                n = len(segment)
+                segments.popleft()
+                pieces.append(segment)
             else:
-                pieces.append(segment[:left])
-                segments[0] = segment[left:]
-                left = 0
+                n = left
+                pieces.append(segment[:n])
+                segments[0] = segment[n:]
+            left -= n
+        if len(pieces) == 1:
+            return pieces[0]
         return b"".join(pieces)  # one copy, and no zero-filling first

@@ -197,3 +197,31 @@ def test_decoder_segments_frames_split_anywhere() -> None:
             got.extend(drain(d))
         assert got == ["a", big, [1, 2], big]
         assert d.buffered == 0
+
+
+def test_decoder_gathers_tiny_pieces_instead_of_keeping_a_segment_each() -> None:
+    # A peer trickling a frame one byte per TLS record must not cost a segment (and
+    # its bookkeeping) per byte.
+    frame = encode_frame({"data": b"\x09" * 100_000}, PEER_MAX_FRAME)
+    d = FrameDecoder(PEER_MAX_FRAME)
+    for i in range(len(frame) - 1):
+        d.receive_data(frame[i : i + 1])
+    assert len(d._segments) == 1
+    d.receive_data(frame[-1:])
+    assert drain(d) == [{"data": b"\x09" * 100_000}]
+    assert d.buffered == 0
+
+
+def test_decoder_mixes_large_and_tiny_pieces() -> None:
+    big = {"t": "res", "i": 2, "b": {"data": bytes(range(256)) * 512}}
+    stream = encode_frame(big, PEER_MAX_FRAME) + encode_frame("tail")
+    d = FrameDecoder(PEER_MAX_FRAME)
+    got: list[object] = []
+    pos = 0
+    for size in [1, 2, 70_000, 3, 5000, 1, 9]:
+        d.receive_data(stream[pos : pos + size])
+        pos += size
+        got.extend(drain(d))
+    d.receive_data(stream[pos:])
+    got.extend(drain(d))
+    assert got == [big, "tail"]

@@ -638,12 +638,10 @@ class Applier:
         queued: set[Path] = set()
         try:
             written = await self.obtain_small_batch(
-                [(a.entry.object_id, tmp) for a, tmp, _ in prepared], self.state.peers)
-            done = [(a, tmp, path) for a, tmp, path in prepared if tmp in written]
-            finished = await trio.to_thread.run_sync(
-                _finish_files, [(tmp, a.entry.mode, a.entry.mtime_ns) for a, tmp, _ in done])
-            for action, tmp, path in done:
-                if tmp in finished:
+                [(a.entry.object_id, tmp) for a, tmp, _ in prepared], self.state.peers,
+                {tmp: (a.entry.mode, a.entry.mtime_ns) for a, tmp, _ in prepared})
+            for action, tmp, path in prepared:
+                if tmp in written:  # with its mode and mtime
                     self.ready.append((tmp, path, action))
                     queued.add(tmp)
                     self.state.need_bytes -= action.entry.size
@@ -743,18 +741,6 @@ def small_batches(actions: list[Fetch]) -> list[list[Fetch]]:
     if current:
         batches.append(current)
     return batches
-
-
-def _finish_files(items: list[tuple[Path, int, int]]) -> set[Path]:
-    """Mode and mtime for each temp file; returns those done (the rest go alone)."""
-    done: set[Path] = set()
-    for path, mode, mtime_ns in items:
-        try:
-            _finish_file(path, mode, mtime_ns)
-        except OSError:
-            continue
-        done.add(path)
-    return done
 
 
 def _checked_target(root: Path, relpath: str, made: list[Path]) -> Path:

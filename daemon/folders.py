@@ -57,7 +57,7 @@ from .outboards import save_many as save_outboards
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
 from .scanner import FolderMissing, ScannedFile, scan
-from .small_objects import obtain_batch, write_new
+from .small_objects import Finish, obtain_batch, write_new
 from .store import ObjectStore
 from .trust import TrustStore
 
@@ -463,12 +463,13 @@ class FolderManager:
             return True
         return False
 
-    async def obtain_small_batch(self, items: list[tuple[str, Path]], sharing: set[bytes]
-                                 ) -> set[Path]:
+    async def obtain_small_batch(self, items: list[tuple[str, Path]], sharing: set[bytes],
+                                 finish: Mapping[Path, Finish]) -> set[Path]:
         """Many small objects, each to its own dest, in one round trip per batch (peers
-        sharing the folder asked first); returns the dests written."""
+        sharing the folder asked first); returns the dests written, each with the mode
+        and mtime ``finish`` gives it."""
         links = sorted(self.links(), key=lambda link: link.device_id.digest not in sharing)
-        return await obtain_batch(self.store, self.sync_find_object, links, items)
+        return await obtain_batch(self.store, self.sync_find_object, links, items, finish)
 
     async def obtain(self, object_id: str, size: int, dest: Path,
                      sharing: set[bytes] | None = None, what: str = "",

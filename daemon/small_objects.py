@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,12 +106,20 @@ def _read_at_most(path: Path, limit: int) -> bytes | None:
     return data if len(data) <= limit else None
 
 
+#: a file's mode and mtime (ns), set on it once its bytes are written
+Finish = tuple[int, int]
+
+
 async def obtain_batch(store: ObjectStore, locate: Locate, links: Sequence[PeerLink],
-                       items: Sequence[tuple[str, Path]]) -> set[Path]:
+                       items: Sequence[tuple[str, Path]],
+                       finish: Mapping[Path, Finish] | None = None) -> set[Path]:
     """Receive side: write each ``(object_id, dest)`` whose bytes we can get, from a
     local copy first (renames and duplicates cost no transfer), then from ``links`` in
-    order, one round trip per batch.  Returns the dests written, each verified."""
-    done = await trio.to_thread.run_sync(_copy_local, store, locate, items)
+    order, one round trip per batch.  Returns the dests written, each verified, and
+    each given the mode and mtime ``finish`` names for it (on the open file: no
+    second look-up of its path)."""
+    finish = finish or {}
+    done = await trio.to_thread.run_sync(_copy_local, store, locate, items, finish)
     missing = [(oid, dest) for oid, dest in items if dest not in done]
     for link in links:
         if not missing:
@@ -125,7 +133,8 @@ async def obtain_batch(store: ObjectStore, locate: Locate, links: Sequence[PeerL
         if not isinstance(blobs, list) or len(blobs) != len(missing):
             log.warning("peer %s sent a malformed obj.smalls reply", link.device_id.short)
             continue
-        written, corrupt = await trio.to_thread.run_sync(_verify_and_write, missing, blobs)
+        written, corrupt = await trio.to_thread.run_sync(_verify_and_write, missing, blobs,
+                                                         finish)
         for object_id in corrupt:
             log.warning("peer %s sent corrupt data for %s", link.device_id.short, object_id)
         done |= written
@@ -133,8 +142,8 @@ async def obtain_batch(store: ObjectStore, locate: Locate, links: Sequence[PeerL
     return done
 
 
-def _copy_local(store: ObjectStore, locate: Locate, items: Sequence[tuple[str, Path]]
-                ) -> set[Path]:
+def _copy_local(store: ObjectStore, locate: Locate, items: Sequence[tuple[str, Path]],
+                finish: Mapping[Path, Finish]) -> set[Path]:
     done: set[Path] = set()
     for object_id, dest in items:
         source = locate_content(store, locate, object_id)
@@ -142,14 +151,21 @@ def _copy_local(store: ObjectStore, locate: Locate, items: Sequence[tuple[str, P
             continue
         try:
             store.sync_export_from(source, object_id, dest, ProgressCounter(), CancelFlag())
+            if dest in finish:
+                mode, mtime_ns = finish[dest]
+                os.chmod(dest, mode)
+                os.utime(dest, ns=(mtime_ns, mtime_ns))
         except DizzyError:
             continue  # changed since it was scanned: fetch it instead
+        except OSError:
+            remove_quietly(dest)  # the one-object path retries it and reports why
+            continue
         done.add(dest)
     return done
 
 
-def _verify_and_write(items: Sequence[tuple[str, Path]], blobs: Sequence[object]
-                      ) -> tuple[set[Path], list[str]]:
+def _verify_and_write(items: Sequence[tuple[str, Path]], blobs: Sequence[object],
+                      finish: Mapping[Path, Finish]) -> tuple[set[Path], list[str]]:
     written: set[Path] = set()
     corrupt: list[str] = []
     for (object_id, dest), data in zip(items, blobs, strict=True):
@@ -159,7 +175,7 @@ def _verify_and_write(items: Sequence[tuple[str, Path]], blobs: Sequence[object]
             corrupt.append(object_id)
             continue
         try:
-            write_new(dest, data)
+            write_new(dest, data, finish.get(dest))
         except OSError:
             # A full disk, most likely: the one-object path retries this object and
             # reports the error; what was written so far stays good.
@@ -169,13 +185,18 @@ def _verify_and_write(items: Sequence[tuple[str, Path]], blobs: Sequence[object]
     return written, corrupt
 
 
-def write_new(path: Path, data: bytes) -> None:
-    """Create ``path`` (it must not exist) holding ``data``; durability comes later,
-    from the caller's one file-system sync for the whole batch."""
+def write_new(path: Path, data: bytes, finish: Finish | None = None) -> None:
+    """Create ``path`` (it must not exist) holding ``data``, then give it ``finish``'s
+    mode and mtime; durability comes later, from the caller's one file-system sync for
+    the whole batch."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+        if finish is not None:
+            mode, mtime_ns = finish
+            os.fchmod(fd, mode)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))  # after the last write, or it moves
     finally:
         os.close(fd)

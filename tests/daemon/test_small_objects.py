@@ -123,3 +123,20 @@ async def test_receive_side_verifies_and_falls_through_liars(store: ObjectStore,
     assert dests[local].read_bytes() == b"already here"  # a local copy, no request for it
     assert not dests[ids[2]].exists()  # nobody gave it: the caller fetches it alone
     assert (liar.asked, short.asked, partial.asked) == (1, 1, 1)
+
+
+async def test_receive_side_sets_mode_and_mtime_on_what_it_writes(store: ObjectStore,
+                                                                   tmp_path: Path) -> None:
+    fetched, local = b"from a peer", b"a local copy"
+    local_id = store.sync_put_bytes(local, "blob")
+    dests = {oid(fetched): tmp_path / "fetched", local_id: tmp_path / "copied"}
+    finish = {tmp_path / "fetched": (0o640, 1_600_000_000_123_456_789),
+              tmp_path / "copied": (0o755, 1_500_000_000_000_000_000)}
+    peer = FakeLink(lambda asked: {"data": [fetched if i == oid(fetched) else None
+                                            for i in asked]})
+    written = await obtain_batch(store, lambda _i: None, [peer],  # type: ignore[list-item]
+                                 list(dests.items()), finish)
+    assert written == set(finish)
+    for path, (mode, mtime_ns) in finish.items():
+        st = path.stat()
+        assert (st.st_mode & 0o7777, st.st_mtime_ns) == (mode, mtime_ns)

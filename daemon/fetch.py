@@ -124,13 +124,20 @@ class Fetcher:
         self.peers = peers
         self.transfers: dict[str, Transfer] = {}
         self._active: dict[str, trio.Event] = {}
+        #: a ``get -o`` that found its object already being fetched without a
+        #: destination (resumed at start-up, or for a plain ``get``) names its output
+        #: here: the running transfer renames the finished file there, instead of into
+        #: the store for the get to copy out again (a second write of every byte)
+        self._claims: dict[str, Path] = {}
+        #: the claims a transfer honoured: object ID -> the path it delivered to
+        self._delivered_claims: dict[str, Path] = {}
 
     # -- entry points ----------------------------------------------------------------
 
     async def ensure_local(self, object_id: str, *, wait: bool,
                            progress: ProgressCounter | None = None,
                            deliver_to: Path | None = None, what: str = "",
-                           folder: str | None = None) -> str:
+                           folder: str | None = None, resuming: bool = False) -> str:
         """Make ``object_id`` (blob or whole tree) local; returns its kind.
 
         ``what`` names it in transfer events (the path it is fetched for, or "").
@@ -156,7 +163,7 @@ class Fetcher:
         if progress.total is None:
             progress.total = size
         delivered = await self._fetch_blob_once(object_id, sources, wait, progress, deliver_to,
-                                                what, folder)
+                                                what, folder, resuming)
         return "delivered" if delivered else "blob"
 
     async def resume_all(self) -> None:
@@ -171,7 +178,7 @@ class Fetcher:
 
         async def resume(object_id: str) -> None:
             try:
-                await self.ensure_local(object_id, wait=True)
+                await self.ensure_local(object_id, wait=True, resuming=True)
                 log.info("resumed and finished fetching %s", object_id)
             except Exception as exc:  # one transfer's trouble must not stop the daemon
                 log.warning("could not resume fetching %s: %s", object_id, exc)
@@ -278,10 +285,38 @@ class Fetcher:
 
     async def _fetch_blob_once(self, object_id: str, sources: list[_Source], wait: bool,
                                progress: ProgressCounter, deliver_to: Path | None,
-                               what: str, folder: str | None = None) -> bool:
+                               what: str, folder: str | None = None,
+                               resuming: bool = False) -> bool:
+        """``resuming``: only to finish the partial data a previous run left; done as
+        soon as another transfer (a ``get -o`` that got there first) finished it."""
         # Two `get`s of one object share one transfer.
-        while (active := self._active.get(object_id)) is not None:
-            await active.wait()
+        while True:
+            active = self._active.get(object_id)
+            if active is None:
+                if not resuming:
+                    break
+                if not await self.index.call(_has_partial, object_id):
+                    return False  # another transfer finished it, wherever it went
+                if self._active.get(object_id) is None:  # (none started meanwhile)
+                    break
+                continue
+            claimed = (deliver_to is not None and folder is None
+                       and object_id not in self._claims)
+            if claimed:
+                assert deliver_to is not None
+                self._claims[object_id] = deliver_to
+            try:
+                await active.wait()
+            except BaseException:
+                if claimed:  # cancelled (--timeout, the client left): nobody wants it now
+                    if self._claims.get(object_id) == deliver_to:
+                        del self._claims[object_id]
+                    if self._delivered_claims.get(object_id) == deliver_to:
+                        del self._delivered_claims[object_id]
+                raise
+            if claimed and self._delivered_claims.get(object_id) == deliver_to:
+                del self._delivered_claims[object_id]
+                return True
             if await trio.to_thread.run_sync(self.store.sync_lookup, object_id) is not None:
                 return False
         done = trio.Event()
@@ -291,6 +326,7 @@ class Fetcher:
                                           what, folder)
         finally:
             del self._active[object_id]
+            self._claims.pop(object_id, None)  # unhonoured: its get fetches or copies
             done.set()
 
     async def _load_or_start(self, object_id: str, sources: list[_Source],
@@ -362,8 +398,14 @@ class Fetcher:
                 if os.fstat(fd).st_size != outboard.size:
                     await trio.to_thread.run_sync(os.ftruncate, fd, outboard.size)
                 await self._fill(transfer, sources, wait, progress, report)
+                claimed = None
+                if deliver_to is None and folder is None:
+                    # a get -o that joined this transfer while it ran (see _claims)
+                    deliver_to = claimed = self._claims.pop(object_id, None)
                 delivered = await trio.to_thread.run_sync(self._complete, transfer, deliver_to,
                                                           folder is not None)
+                if delivered and claimed is not None:
+                    self._delivered_claims[object_id] = claimed
             except OSError as exc:
                 raise storage_error(exc, f"writing {object_id} (partial data kept for a "
                                     "resume)") from exc
@@ -686,6 +728,11 @@ def _load_partial(conn: sqlite3.Connection, object_id: str
             "SELECT idx, synced FROM partial_chunks WHERE object_id = ?", (object_id,)):
         (synced if flag else unsynced).add(idx)
     return bytes(row[0]), synced, unsynced, row[1]
+
+
+def _has_partial(conn: sqlite3.Connection, object_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM partials WHERE object_id = ?",
+                        (object_id,)).fetchone() is not None
 
 
 def _set_partial_boot(conn: sqlite3.Connection, object_id: str, boot: str | None) -> None:

@@ -503,3 +503,53 @@ def test_source_killed_mid_transfer_comes_back(tmp_path: Path) -> None:
         assert file_blake3(out) == object_id
         assert not (b.home / "partial" / object_id).exists()
         report_rates(b)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_get_o_joining_a_resumed_transfer_gets_the_file_itself(tmp_path: Path) -> None:
+    """After a restart the receiver resumes an unfinished fetch on its own, with no
+    destination.  A `get -o` for that object joins it, and the finished file is renamed
+    to the output: it is not put in the store and then copied out a second time."""
+    size = 64 * MB
+    with cluster(tmp_path, ["a", "b"], [("a", "b")]) as nodes:
+        a, b = nodes["a"], nodes["b"]
+        a_id = a.device_id()
+        src = make_random_file(tmp_path / "src.bin", size, seed=b"join-resumed")
+        object_id = put(a, src)
+        chunked(a, object_id)
+        first = tmp_path / "first.bin"
+        getter = popen_cli(b.home, "get", object_id, "-o", str(first), "--timeout", "40")
+        try:
+            wait_rows(b, object_id, 5, getter)
+            assert b.daemon is not None
+            b.daemon.kill9()
+            finish(getter, 15)
+        finally:
+            if getter.poll() is None:
+                getter.kill()
+                getter.communicate()
+        # With A away, B's resumed fetch and the new get both wait for a source: when
+        # A is back one of them runs the transfer and the other joins it.
+        assert a.daemon is not None
+        a.daemon.stop()
+        b.start()
+        out = tmp_path / "out.bin"
+        joiner = popen_cli(b.home, "get", object_id, "-o", str(out), "--wait",
+                           "--timeout", "60")
+        try:
+            time.sleep(1.0)
+            assert joiner.poll() is None, "the get did not wait for a source"
+            a.start()
+            wait_until(lambda: b.sees_online(a_id), RECONNECT_TIMEOUT, "B to see A again")
+            rc, stdout, stderr = finish(joiner, 60)
+        finally:
+            if joiner.poll() is None:
+                joiner.kill()
+                joiner.communicate()
+        assert rc == 0, (rc, stderr, b.log())
+        assert (stdout, stderr) == (b"", b"")
+        assert file_blake3(out) == object_id
+        assert not stored_path(b, object_id).exists(), "fetched into the store, then copied"
+        assert not (b.home / "partial" / object_id).exists()
+        assert partial_rows(b.home, object_id) == 0

@@ -61,7 +61,7 @@ from dizzy.protocol.paths import validate_relpath
 from dizzy.protocol.versions import VersionVector
 
 from .events import EventBus
-from .fsutil import fsync_dir, remove_quietly, storage_error, temp_name_beside
+from .fsutil import finish_file, fsync_dir, remove_quietly, storage_error, temp_name_beside
 from .index import Index
 from .object_service import SMALL_OBJECT_MAX
 from .scanner import ScannedFile
@@ -615,7 +615,7 @@ class Applier:
                 assert entry.object_id is not None
                 await self.obtain(entry.object_id, entry.size, tmp, self.state.peers,
                                   str(path), folder=self.state.folder)
-            await trio.to_thread.run_sync(_finish_file, tmp, entry.mode, entry.mtime_ns)
+            await trio.to_thread.run_sync(finish_file, tmp, entry.mode, entry.mtime_ns)
         except BaseException:
             remove_quietly(tmp)
             raise
@@ -719,11 +719,6 @@ class Applier:
                 continue
             outcomes.append(st)
         return outcomes
-
-
-def _finish_file(path: Path, mode: int, mtime_ns: int) -> None:
-    os.chmod(path, mode)
-    os.utime(path, ns=(mtime_ns, mtime_ns))
 
 
 def small_batches(actions: list[Fetch]) -> list[list[Fetch]]:

@@ -95,3 +95,9 @@ class TempFile:
             remove_quietly(self.path)
         if isinstance(exc, OSError):
             raise storage_error(exc, self.doing) from exc
+
+
+def finish_file(path: Path, mode: int, mtime_ns: int) -> None:
+    """Give a file written for a shared folder its recorded mode and mtime."""
+    os.chmod(path, mode)
+    os.utime(path, ns=(mtime_ns, mtime_ns))

@@ -24,7 +24,7 @@ from dizzy.protocol.errors import DizzyError, UsageError
 from dizzy.protocol.ids import parse_object_id
 from dizzy.protocol.peer_wire import Request
 
-from .fsutil import remove_quietly
+from .fsutil import finish_file, remove_quietly
 from .object_service import SMALL_OBJECT_MAX, locate_content
 from .peers import PeerLink, PeerManager
 from .progress import CancelFlag, ProgressCounter
@@ -152,9 +152,7 @@ def _copy_local(store: ObjectStore, locate: Locate, items: Sequence[tuple[str, P
         try:
             store.sync_export_from(source, object_id, dest, ProgressCounter(), CancelFlag())
             if dest in finish:
-                mode, mtime_ns = finish[dest]
-                os.chmod(dest, mode)
-                os.utime(dest, ns=(mtime_ns, mtime_ns))
+                finish_file(dest, *finish[dest])
         except DizzyError:
             continue  # changed since it was scanned: fetch it instead
         except OSError:
